@@ -1,0 +1,5 @@
+import sys
+
+from fedvlm.cli import main
+
+sys.exit(main())

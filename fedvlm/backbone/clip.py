@@ -1,0 +1,279 @@
+"""The frozen open_clip CLIP every head sits on.
+
+:class:`FrozenCLIP` loads any open_clip model (``ViT-B-16`` ...) or a tiny config shipped in
+``fedvlm/backbone/model_configs``, with weights from an open_clip tag, a local checkpoint file or
+none. It exposes exactly what prompt and adapter heads need:
+
+* ``encode_images(pixels) -> ImageFeatures(pooled [B, D], patches [B, M, D])``: the projected
+  pooled embedding and the projected patch tokens (open_clip returns patch tokens after
+  ``ln_post`` but unprojected; we multiply by ``visual.proj`` as the pooled path does);
+* ``token_embeddings(token_ids) -> [N, L, d_t]`` and ``encode_token_embeddings(embeddings,
+  eot_positions) -> [N, D]``: the text tower fed with token *embeddings*, so learnable context
+  vectors can be spliced in (CoOp). Equal to ``encode_text`` when the embeddings are the real ones.
+
+Encoders stay in eval mode with ``requires_grad=False``; gradients flow *through* the text tower
+to spliced-in prompts, never into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedvlm.errors import ConfigError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass
+class ImageFeatures:
+    pooled: torch.Tensor  # [B, D] projected, not normalised
+    patches: torch.Tensor | None  # [B, M, D] projected patch tokens, not normalised
+
+
+@functools.lru_cache(maxsize=1)
+def register_fedvlm_model_configs() -> None:
+    """Make the tiny configs shipped with fedvlm known to open_clip (once per process)."""
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _use_offline_hub_if_unreachable() -> None:
+    """Without a network the hub client retries for about a minute before failing; when the hub
+    cannot be reached (and the user did not choose a mode), switch it to offline so a missing
+    tag fails at once, while weights already in the local cache still load."""
+    if "HF_HUB_OFFLINE" in os.environ or _hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def weights_identity(pretrained: str | None) -> str:
+    """A short string that changes whenever the weights change (for feature-cache keys)."""
+    if pretrained is None:
+        return "random"
+    path = Path(pretrained)
+    if path.is_file():
+        stat = path.stat()
+        return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"tag:{pretrained}"
+
+
+def create_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu"):
+    """``(model, preprocess)`` for an open_clip model name and a tag, checkpoint path or None.
+
+    Errors a user can fix (unknown model, missing file, tag unavailable offline) are one line.
+    """
+    import open_clip
+
+    register_fedvlm_model_configs()
+    known = set(open_clip.list_models())
+    if name not in known and not name.startswith(("hf-hub:", "local-dir:")):
+        raise ConfigError(f"model.name: unknown open_clip model {name!r}; expected e.g. ViT-B-16, ViT-B-32, "
+                          f"ViT-L-14 or a fedvlm tiny config ({', '.join(sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json')))})")
+    is_path = pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    if is_path and not Path(pretrained).is_file():
+        raise ConfigError(f"model.pretrained: checkpoint file {pretrained} does not exist; expected a local open_clip "
+                          "checkpoint (.pt, .bin or .safetensors) or an open_clip tag such as 'openai'")
+    if pretrained is not None and not is_path:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ConfigError(f"model.pretrained: {pretrained!r} is not an open_clip tag of {name}; expected one of "
+                              f"{', '.join(tags) or '(none: give a checkpoint path)'}, a checkpoint path, or null")
+        _use_offline_hub_if_unreachable()
+    try:
+        with _quiet_root_logger():  # open_clip logs on the root logger; our errors say it in one line
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except RuntimeError as error:
+        if pretrained is not None and not is_path and "download" in str(error).lower():
+            raise ConfigError(
+                f"model.pretrained: the {pretrained!r} weights of {name} are not in the local cache and the hub "
+                f"cannot be reached; download them on a connected machine (open_clip.create_model('{name}', "
+                f"pretrained='{pretrained}')) and set model.pretrained=/path/to/open_clip_model.safetensors"
+            ) from None
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        if is_path:
+            raise ConfigError(f"model.pretrained: cannot load checkpoint {pretrained} into {name} "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+        raise
+    return model, preprocess
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _text_tower(model: nn.Module) -> nn.Module:
+    """The module holding token_embedding/transformer/ln_final (CLIP keeps them at top level,
+    CustomTextCLIP under ``.text``)."""
+    tower = getattr(model, "text", model)
+    for attribute in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
+        if not hasattr(tower, attribute):
+            raise ConfigError(f"model.name: the text tower of this model has no {attribute}; prompt heads need "
+                              "an open_clip CLIP text transformer (e.g. ViT-B-16)")
+    return tower
+
+
+class FrozenCLIP(nn.Module):
+    """A frozen open_clip model with the embedding-level text path prompt learning needs."""
+
+    def __init__(self, model: nn.Module, preprocess, name: str, pretrained: str | None, precision: str = "fp32"):
+        super().__init__()
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.preprocess = preprocess
+        self.name = name
+        self.pretrained = pretrained
+        self.precision = precision
+        self.text_tower = _text_tower(model)
+        visual = model.visual
+        self.has_patch_tokens = hasattr(visual, "output_tokens") and getattr(visual, "proj", None) is not None
+        self.embed_dim = int(model.text_projection.shape[-1]) if hasattr(model, "text_projection") and \
+            model.text_projection is not None and not isinstance(model.text_projection, nn.Linear) else \
+            int(visual.output_dim)
+        self.text_width = int(self.text_tower.token_embedding.weight.shape[-1])
+        self.context_length = int(self.text_tower.positional_embedding.shape[0])
+        self.image_size = _image_size(visual)
+        # Reading the output at the EOT token of a causal transformer means positions after it
+        # cannot change the result, so prompts can be cut at their longest EOT (77 -> ~20 tokens).
+        mask = getattr(self.text_tower, "attn_mask", None)
+        pool = getattr(self.text_tower, "text_pool_type", "argmax")
+        self.can_trim_text = mask is not None and pool in ("argmax", "eos")
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(name) if name in open_clip.list_models() else open_clip.tokenize
+
+    @classmethod
+    def load(cls, name: str, pretrained: str | None, precision: str = "fp32", device="cpu") -> "FrozenCLIP":
+        model, preprocess = create_clip(name, pretrained, device=device)
+        return cls(model, preprocess, name, pretrained, precision)
+
+    def train(self, mode: bool = True):  # the backbone never leaves eval mode
+        super().train(False)
+        return self
+
+    # ---------------------------------------------------------------- identity (cache keys)
+
+    def identity(self) -> str:
+        """Model, weights and preprocessing: everything image features depend on."""
+        text = f"{self.name}|{weights_identity(self.pretrained)}|{self.precision}|{self.preprocess}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().detach()
+
+    def _autocast(self, device: torch.device):
+        enabled = self.precision != "fp32" and device.type != "cpu"
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+    # ---------------------------------------------------------------------------- images
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, patches: bool = False) -> ImageFeatures:
+        """``pixels [B, 3, H, W]`` -> pooled ``[B, D]`` (+ projected patch tokens ``[B, M, D]``)."""
+        visual = self.model.visual
+        with self._autocast(pixels.device):
+            if not patches:
+                return ImageFeatures(visual(pixels).float(), None)
+            if not self.has_patch_tokens:
+                raise ConfigError(f"model.name: {self.name} does not expose patch tokens; heads that use patch "
+                                  "features need a ViT image tower")
+            visual.output_tokens = True
+            try:
+                pooled, tokens = visual(pixels)
+            finally:
+                visual.output_tokens = False
+            return ImageFeatures(pooled.float(), (tokens @ visual.proj).float())
+
+    # ------------------------------------------------------------------------------ text
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """``[N, context_length]`` token ids."""
+        return self.tokenizer(texts)
+
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the token the text tower reads its output at (the EOT token)."""
+        eos = getattr(self.text_tower, "text_eos_id", None)
+        if getattr(self.text_tower, "text_pool_type", "argmax") == "eos" and eos is not None:
+            return (token_ids == eos).int().argmax(dim=-1)
+        return token_ids.argmax(dim=-1)
+
+    def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``[N, L]`` ids -> ``[N, L, d_t]`` word embeddings (no positions)."""
+        with torch.no_grad():
+            return self.text_tower.token_embedding(token_ids.to(self.text_tower.token_embedding.weight.device))
+
+    def encode_token_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+        """``embeddings [N, L, d_t]`` (learnable context spliced in) -> text features ``[N, D]``.
+
+        Same computation as open_clip's ``encode_text`` after its token-embedding lookup: add
+        positions, causal transformer (batch-first), ``ln_final``, read the EOT position,
+        project. Sequences are cut after the longest EOT when that cannot change the output.
+        """
+        tower = self.text_tower
+        length = embeddings.shape[1]
+        if self.can_trim_text:
+            length = int(eot_positions.max()) + 1
+            embeddings = embeddings[:, :length]
+        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
+        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+        mask = getattr(tower, "attn_mask", None)
+        if mask is not None:
+            mask = mask[:length, :length]
+        with self._autocast(x.device):
+            x = tower.transformer(x, attn_mask=mask)
+            x = tower.ln_final(x)
+            x = x[torch.arange(x.shape[0], device=x.device), eot_positions.to(x.device)]
+            projection = tower.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return x.float()
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Fixed texts -> ``[N, D]`` (class names of zero-shot heads, captions)."""
+        device = self.text_tower.token_embedding.weight.device
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            ids = self.tokenize(texts[start : start + batch_size]).to(device)
+            outputs.append(self.encode_token_embeddings(self.token_embeddings(ids), self.eot_positions(ids)))
+        return torch.cat(outputs) if outputs else torch.zeros(0, self.embed_dim)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _image_size(visual: nn.Module) -> int:
+    size = getattr(visual, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,0 +1,118 @@
+"""Local training: a group of clients trained together, each exactly as if it were alone.
+
+The clients of a pass occupy the slots of the head and of the :class:`SlotOptimizer`. At local
+step t every client that still has a batch contributes it; the per-slot losses are summed
+(each slot's parameters only receive their own loss's gradient) and one optimizer step updates
+every active slot. A client's batches come from its own generator, seeded by (seed, round,
+client), so its trajectory does not depend on which other clients share the pass or the process.
+``runtime.execution: sequential`` is the same code with passes of one client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedvlm.client.optim import SlotOptimizer
+from fedvlm.heads.base import Batch, Head
+
+
+@dataclass
+class ClientTask:
+    client: int
+    indices: np.ndarray  # rows of the feature table this client trains on
+    start: dict[str, torch.Tensor]  # every trainable parameter at the start of the round
+    optimizer_state: dict[str, torch.Tensor] | None  # None: a fresh optimizer
+
+
+@dataclass
+class ClientResult:
+    client: int
+    num_samples: int
+    params: dict[str, torch.Tensor]
+    optimizer_state: dict[str, torch.Tensor] | None
+    loss: float  # mean of the client's per-step losses (nan when it trained on nothing)
+    steps: int
+
+
+def client_generator(seed: int, round_index: int, client: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(round_index), int(client), 0x5EED])
+
+
+def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int | None,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """The client's batches for one round: ``epochs`` shuffled passes over its data, or exactly
+    ``steps`` batches (reshuffling whenever the data runs out). The last batch of an epoch may
+    be smaller (no sample is dropped)."""
+    if len(indices) == 0:
+        return []
+    batches: list[np.ndarray] = []
+    while True:
+        order = indices[rng.permutation(len(indices))]
+        batches.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        if steps is None and len(batches) >= epochs * -(-len(indices) // batch_size):
+            return batches
+        if steps is not None and len(batches) >= steps:
+            return batches[:steps]
+
+
+class FeatureBatches:
+    """Builds :class:`Batch` objects from a cached feature table and labels."""
+
+    def __init__(self, pooled: torch.Tensor, patches: torch.Tensor | None, labels: torch.Tensor, device):
+        self.pooled, self.patches, self.labels, self.device = pooled, patches, labels, device
+
+    def batch(self, rows: np.ndarray, slot: np.ndarray) -> Batch:
+        index = torch.from_numpy(rows)
+        patches = self.patches[index].float() if self.patches is not None else None
+        return Batch(labels=self.labels[index], slot=torch.from_numpy(slot), image=self.pooled[index].float(),
+                     patches=patches).to(self.device)
+
+
+def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data: FeatureBatches, *,
+               batch_size: int, epochs: int, steps: int | None, lr: float, seed: int, round_index: int,
+               penalty=None, global_shared: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
+    """Train ``tasks`` (at most ``head.num_slots`` clients) for one round, together.
+
+    ``penalty(shared_params, global_shared) -> [S] | None`` adds an algorithm's local term
+    (FedProx's proximal term) to every slot's loss.
+    """
+    assert len(tasks) <= head.num_slots
+    device = next(iter(head.trainable().values())).device
+    for slot, task in enumerate(tasks):
+        head.write_slot(slot, task.start)
+        optimizer.write_slot(slot, task.optimizer_state)
+    schedules = [batch_schedule(t.indices, batch_size, epochs, steps, client_generator(seed, round_index, t.client))
+                 for t in tasks]
+    num_steps = max((len(s) for s in schedules), default=0)
+    losses = torch.zeros(head.num_slots, dtype=torch.float64)
+    params = head.trainable()
+    shared_names = head.shared_names()
+    rates = torch.full((head.num_slots,), float(lr), device=device)
+    head.train()
+    for step in range(num_steps):
+        live = [slot for slot, schedule in enumerate(schedules) if step < len(schedule)]
+        active = torch.zeros(head.num_slots, dtype=torch.bool, device=device)
+        active[live] = True
+        rows = np.concatenate([schedules[slot][step] for slot in live])
+        slots = np.concatenate([np.full(len(schedules[slot][step]), slot) for slot in live])
+        per_slot = head.training_loss(data.batch(rows, slots))  # [S]
+        if penalty is not None and global_shared is not None:
+            extra = penalty({name: params[name] for name in shared_names}, global_shared)
+            if extra is not None:
+                per_slot = per_slot + extra
+        per_slot = per_slot * active  # slots without a batch contribute nothing
+        grads = torch.autograd.grad(per_slot.sum(), list(params.values()), allow_unused=True)
+        grads = {name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(params.items(), grads)}
+        optimizer.step(grads, rates, active)
+        losses += per_slot.detach().double().cpu()
+    head.eval()
+    results = []
+    for slot, (task, schedule) in enumerate(zip(tasks, schedules)):
+        results.append(ClientResult(
+            client=task.client, num_samples=len(task.indices), params=head.read_slot(slot),
+            optimizer_state=optimizer.read_slot(slot),
+            loss=float(losses[slot] / len(schedule)) if schedule else float("nan"), steps=len(schedule)))
+    return results

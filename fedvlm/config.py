@@ -1,0 +1,322 @@
+"""Typed experiment configuration.
+
+An experiment YAML reads like a paper's settings table::
+
+    name: fedavg_pl_ucm
+    seed: 1
+    model:     {name: ViT-B-16, pretrained: openai}
+    data:      {dataset: ucmerced, split: [0.5, 0.5]}
+    partition: {name: even_per_class, num_clients: 10}
+    head:      {name: coop, n_ctx: 4, class_token_position: middle}
+    algorithm: {name: fedavg}
+    federation: {rounds: 50, local_epochs: 1}
+    optim:     {name: sgd, lr: 0.001, batch_size: 32}
+
+``head``, ``algorithm`` and ``partition`` name a registered component; the remaining keys of the
+section are validated against that component's own ``Config`` model, so a typo in any key is
+caught at load time. Defaults follow the papers' settings. Every validation failure becomes one
+:class:`~fedvlm.errors.ConfigError` line naming the key, the value and what is accepted.
+
+A file may start from another with ``base: other.yaml`` (merged key by key, this file winning),
+and the command line overrides any key with ``dotted.key=value`` (value parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from fedvlm.errors import ConfigError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ComponentConfig(Section):
+    """Base of the per-component configs (heads, algorithms, partitions): ``name`` picks the class."""
+
+    name: str
+
+
+class ModelConfig(Section):
+    name: str = "ViT-B-16"
+    # An open_clip tag ('openai', 'laion2b_s34b_b88k', ...), a local checkpoint path, or null for
+    # random weights (counting parameters, tests).
+    pretrained: str | None = "openai"
+    # Autocast dtype of the frozen encoders; 'fp32' everywhere, 'bf16'/'fp16' only on GPU.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class DataConfig(Section):
+    dataset: str
+    root: str | None = None  # default: $FEDVLM_DATA, else ./data
+    # Stratified per-class fractions: [train, test] or [train, val, test]; null = the dataset's default.
+    split: list[float] | None = None
+    shots: int | None = Field(None, gt=0)  # few-shot training set: this many images per class
+    template: str | None = None  # zero-shot/prompt template with one '{}'; null = the dataset's
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value):
+        if value is None:
+            return value
+        if len(value) not in (2, 3) or any(f <= 0 for f in value) or abs(sum(value) - 1) > 1e-6:
+            raise ValueError("expected 2 or 3 positive fractions summing to 1, e.g. [0.5, 0.5] or [0.7, 0.15, 0.15]")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value):
+        if value is not None and value.count("{}") != 1:
+            raise ValueError("expected a template with exactly one '{}' for the class name")
+        return value
+
+
+class FederationConfig(Section):
+    rounds: int = Field(10, ge=0)
+    participation: float = Field(1.0, gt=0, le=1)  # fraction of clients sampled each round
+    local_epochs: int = Field(1, gt=0)
+    local_steps: int | None = Field(None, gt=0)  # when set, a fixed number of steps replaces epochs
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(32, gt=0)
+    scheduler: Literal["constant", "cosine"] = "constant"  # learning rate over rounds
+    # Keep each client's optimizer state (momentum, Adam moments) across rounds; false rebuilds it
+    # every round, as most reference implementations do.
+    keep_state: bool = False
+
+
+class EvalConfig(Section):
+    every: int = Field(1, gt=0)  # evaluate every N rounds (and always after the last)
+    batch_size: int = Field(100, gt=0)
+    global_test: bool = True  # the server model on the whole test split
+    personalized: bool = True  # every client on its own test split
+
+
+class RuntimeConfig(Section):
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+    devices: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    # 'batched' trains the clients of a rank together in one forward pass; 'sequential' one by one.
+    execution: Literal["sequential", "batched"] = "batched"
+    clients_per_pass: int = Field(64, gt=0)  # upper bound on clients stacked into one pass
+    feature_cache: Literal["memory", "disk"] = "memory"
+    cache_dir: str | None = None  # default: $FEDVLM_CACHE, else ~/.cache/fedvlm
+    extract_batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(0, ge=0)  # image-decoding workers for feature extraction
+    ddp_timeout_s: int = Field(1800, gt=0)
+
+
+class LoggingConfig(Section):
+    results_dir: str = "results"
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "fedvlm"
+    entity: str | None = None
+    tags: list[str] = []
+    checkpoint_every: int = Field(1, ge=0)  # rounds between checkpoints; 0 = only the final one
+    progress: bool = True
+
+
+class ExperimentConfig(Section):
+    name: str
+    seed: int = 1
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    partition: SerializeAsAny[ComponentConfig] = Field(default_factory=lambda: {"name": "even_per_class"})
+    head: SerializeAsAny[ComponentConfig] = Field(default_factory=lambda: {"name": "coop"})
+    algorithm: SerializeAsAny[ComponentConfig] = Field(default_factory=lambda: {"name": "fedavg"})
+    federation: FederationConfig = FederationConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    logging: LoggingConfig = LoggingConfig()
+    # true: continue the newest unfinished run of this experiment; a path: continue that run folder.
+    resume: bool | str = False
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=(), validate_default=True)
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _partition(cls, value):
+        from fedvlm.data.partition import PARTITIONS
+
+        return _component("partition", PARTITIONS, value)
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head(cls, value):
+        from fedvlm.heads import HEADS
+
+        return _component("head", HEADS, value, attribute="Config")
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, value):
+        from fedvlm.server import ALGORITHMS
+
+        return _component("algorithm", ALGORITHMS, value)
+
+    @field_validator("data")
+    @classmethod
+    def _dataset(cls, value):
+        from fedvlm.data.datasets import DATASETS
+
+        DATASETS.get(value.dataset, key="data.dataset")
+        return value
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _component(section: str, registry, value: Any, attribute: str | None = None):
+    """Validate a component section against the config model of the component it names."""
+    if isinstance(value, ComponentConfig):
+        return value
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"{section}: expected a mapping with a 'name' key, got {value!r}")
+    entry = registry.get(value["name"], key=f"{section}.name")
+    model = getattr(entry, attribute) if attribute else entry
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, model, prefix=section + ".")) from None
+
+
+def _accepted_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the model accepts at the section ``loc`` points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _one_line(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """The first pydantic error as 'key: what is wrong (got value)'."""
+    first = error.errors()[0]
+    key = prefix + ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        accepted = ", ".join(_accepted_keys(model, first["loc"]))
+        return f"{key}: unknown key; expected one of: {accepted}"
+    if first["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{key}: {message[0].lower() + message[1:]} (got {first.get('input')!r})"
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``['a.b=1', 'c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}`` (values parsed as YAML)."""
+    result: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. federation.rounds=5")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected a dotted key such as optim.lr")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return result
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins.
+
+    When a component section (head, algorithm, partition) changes its ``name``, only the keys the
+    new component also accepts carry over (``partition.name=even_per_class`` keeps
+    ``num_clients`` and drops Dirichlet's ``alpha``).
+    """
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            renamed = "name" in value and current.get("name") not in (None, value["name"])
+            if renamed and key in _COMPONENT_SECTIONS:
+                accepted = _component_fields(key, value["name"])
+                current = {k: v for k, v in current.items() if k in accepted}
+            merged[key] = merge(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_COMPONENT_SECTIONS = ("head", "algorithm", "partition")
+
+
+def _component_fields(section: str, name: str) -> set[str]:
+    if section == "head":
+        from fedvlm.heads import HEADS
+
+        model = getattr(HEADS.get(name, key="head.name"), "Config")
+    elif section == "algorithm":
+        from fedvlm.server import ALGORITHMS
+
+        model = ALGORITHMS.get(name, key="algorithm.name")
+    else:
+        from fedvlm.data.partition import PARTITIONS
+
+        model = PARTITIONS.get(name, key="partition.name")
+    return set(model.model_fields)
+
+
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read an experiment file, following ``base:`` references (relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; expected an experiment YAML such as experiments/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is not None:
+        base_path = (path.parent / base).resolve()
+        if base_path in _seen:
+            raise ConfigError(f"config file {path}: 'base: {base}' refers back to itself")
+        raw = merge(read_yaml(base_path, _seen + (base_path,)), raw)
+    return raw
+
+
+def build_config(raw: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, ExperimentConfig)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None, **defaults) -> ExperimentConfig:
+    """Load and validate an experiment: YAML file (optional) + ``key=value`` overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = merge(defaults, raw) if defaults else raw
+    if overrides:
+        update = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        raw = merge(raw, update)
+    return build_config(raw)

@@ -1,0 +1,122 @@
+"""What every head is: trainable parameters on a frozen CLIP, split into shared and private.
+
+A head holds the parameters of ``num_slots`` clients at once: every trainable tensor has a
+leading *slot* axis ``[S, ...]`` and every batch carries ``slot [B]``, the slot each sample's
+client occupies. One slot (S = 1) is the sequential, one-client-at-a-time case; S > 1 trains
+several clients in one forward pass (one text-encoder call for every client's prompts). A head
+only has to keep a sample's computation inside its own slot; then each client's loss and update
+are exactly its own.
+
+Parameters are *shared* (sent to the server and aggregated) unless their name is listed in
+``private`` (they never leave the client). The simulation moves client state in and out of slots
+with :meth:`Head.read_slot` / :meth:`Head.write_slot`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.config import ComponentConfig
+
+
+class HeadConfig(ComponentConfig):
+    """``head:`` section; each head extends it with its own keys."""
+
+
+@dataclass
+class Batch:
+    """A training or evaluation batch of cached features (or pixels for heads that need them)."""
+
+    labels: torch.Tensor  # [B] class indices
+    slot: torch.Tensor  # [B] which client slot each sample belongs to
+    image: torch.Tensor | None = None  # [B, D] pooled image embeddings
+    patches: torch.Tensor | None = None  # [B, M, D] projected patch tokens
+    pixels: torch.Tensor | None = None  # [B, 3, H, W] for heads that run the image encoder
+    extras: dict = field(default_factory=dict)
+
+    def to(self, device) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return Batch(move(self.labels), move(self.slot), move(self.image), move(self.patches), move(self.pixels),
+                     {k: move(v) for k, v in self.extras.items()})
+
+
+def slot_mean(values: torch.Tensor, slot: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Mean of per-sample ``values [B]`` within each slot -> ``[S]`` (0 for slots with no sample)."""
+    sums = torch.zeros(num_slots, dtype=values.dtype, device=values.device).index_add(0, slot, values)
+    counts = torch.zeros(num_slots, dtype=values.dtype, device=values.device).index_add(
+        0, slot, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
+
+
+class Head(nn.Module):
+    """Base class. Subclasses define ``Config``, create slot-stacked parameters, ``forward``."""
+
+    Config: type[HeadConfig] = HeadConfig
+    private: tuple[str, ...] = ()  # names of parameters that never leave the client
+    needs_patches: bool = False  # batches must carry patch tokens
+    needs_pixels: bool = False  # the head runs the image encoder itself (no feature cache)
+
+    def __init__(self, config: HeadConfig, backbone: FrozenCLIP, classnames: list[str], template: str,
+                 num_slots: int = 1, seed: int = 0):
+        super().__init__()
+        self.config = config
+        # Not a registered submodule: the backbone is frozen, shared by every head and client,
+        # and must not appear in the head's parameters or state.
+        object.__setattr__(self, "backbone", backbone)
+        self.classnames = list(classnames)
+        self.template = template
+        self.num_slots = num_slots
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    # ---------------------------------------------------------------- parameters and roles
+
+    def slot_parameter(self, initial: torch.Tensor) -> nn.Parameter:
+        """An ``[S, *initial.shape]`` parameter, every slot starting from ``initial``."""
+        return nn.Parameter(initial.detach().unsqueeze(0).repeat(self.num_slots, *([1] * initial.dim())).clone())
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def shared_names(self) -> list[str]:
+        return [name for name in self.trainable() if name not in self.private]
+
+    def private_names(self) -> list[str]:
+        return [name for name in self.trainable() if name in self.private]
+
+    def read_slot(self, slot: int, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """A detached copy of one client's parameters (``clone``: the slot is reused next)."""
+        params = self.trainable()
+        return {name: params[name].detach()[slot].clone() for name in (names or list(params))}
+
+    @torch.no_grad()
+    def write_slot(self, slot: int, state: dict[str, torch.Tensor]) -> None:
+        params = self.trainable()
+        for name, value in state.items():
+            params[name][slot].copy_(value)
+
+    def parameters_per_client(self, names: list[str] | None = None) -> int:
+        params = self.trainable()
+        return sum(params[name][0].numel() for name in (names if names is not None else list(params)))
+
+    # ---------------------------------------------------------------------------- compute
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Class logits ``[B, C]``."""
+        raise NotImplementedError
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """Per-slot loss ``[S]``: the mean loss of each client's samples (plus any regulariser)."""
+        per_sample = F.cross_entropy(self(batch), batch.labels, reduction="none")
+        return slot_mean(per_sample, batch.slot, self.num_slots)
+
+    def begin_round(self, global_shared: dict[str, torch.Tensor]) -> None:
+        """Hook: the server's shared state at the start of a round (e.g. for alignment terms)."""
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)

@@ -1,0 +1,94 @@
+"""Learnable text prompts: splicing context vectors into the token embeddings of class prompts.
+
+CoOp's prompt for class c is ``[SOS] [V]_1 ... [V]_n  <class c tokens> . [EOT]`` where the
+``[V]`` are learnable vectors of the text width. FedRSCLIP puts the class in the middle
+(``[V]_1..[V]_{n/2} [CLASS] [V]_{n/2+1}..[V]_n``, Eq. 4). :class:`PromptLayout` tokenises every
+class once with placeholder tokens, keeps the frozen token embeddings, and records which
+positions take which context vector; :meth:`PromptLayout.splice` then builds the sequences for
+any stack of contexts with one gather (no Python loop over classes or clients).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.errors import ConfigError
+
+Position = Literal["end", "middle", "front"]
+PLACEHOLDER = "X"
+
+
+class PromptLayout(nn.Module):
+    """Frozen class-prompt embeddings and the positions of ``n_ctx`` context vectors.
+
+    Buffers: ``token_embeddings [C, L, d_t]`` (L trimmed after the longest EOT), ``context_index
+    [C, L]`` (which context vector goes at each position, -1 for frozen tokens) and ``eot [C]``.
+    """
+
+    def __init__(self, backbone: FrozenCLIP, classnames: list[str], n_ctx: int, position: Position = "end",
+                 suffix: str = "."):
+        super().__init__()
+        self.n_ctx = n_ctx
+        name_lengths = [int(n) - 1 for n in backbone.eot_positions(backbone.tokenize(list(classnames)))]
+        before = {"end": n_ctx, "middle": n_ctx // 2, "front": 0}[position]
+        after = n_ctx - before
+        placeholders = lambda k: " ".join([PLACEHOLDER] * k)  # noqa: E731
+        texts = [" ".join(part for part in (placeholders(before), name, placeholders(after)) if part) + suffix
+                 for name in classnames]
+        ids = backbone.tokenize(texts)
+        eot = backbone.eot_positions(ids)
+        if int(eot.max()) >= backbone.context_length - 1:  # the tokenizer truncated a prompt
+            raise ConfigError(f"head.n_ctx: {n_ctx} context tokens plus the longest class name exceed the text "
+                              f"encoder's {backbone.context_length} tokens; use fewer context tokens")
+        index = torch.full(ids.shape, -1, dtype=torch.long)
+        placeholder_id = int(backbone.tokenize([PLACEHOLDER])[0, 1])
+        for c, name_length in enumerate(name_lengths):
+            positions = list(range(1, 1 + before)) + list(range(1 + before + name_length, 1 + n_ctx + name_length))
+            if n_ctx and ids[c, positions].ne(placeholder_id).any():  # tokenisation did not split as expected
+                raise ConfigError(f"data: cannot place context tokens around class name {classnames[c]!r}")
+            index[c, positions] = torch.arange(n_ctx)
+        length = int(eot.max()) + 1
+        self.register_buffer("token_embeddings", backbone.token_embeddings(ids)[:, :length].clone(), persistent=False)
+        self.register_buffer("context_index", index[:, :length], persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.token_embeddings.shape[0]
+
+    def splice(self, context: torch.Tensor) -> torch.Tensor:
+        """``context [U, n_ctx, d]`` (one per client) or ``[U, C, n_ctx, d]`` (class-specific)
+        -> prompt embeddings ``[U, C, L, d]``."""
+        is_context = self.context_index.ge(0)[None, :, :, None]  # [1, C, L, 1]
+        index = self.context_index.clamp(min=0)  # [C, L]
+        if context.dim() == 3:
+            gathered = context[:, index]  # [U, C, L, d]
+        else:
+            classes = torch.arange(self.num_classes, device=context.device)[:, None]
+            gathered = context[:, classes, index]  # [U, C, L, d]
+        return torch.where(is_context, gathered, self.token_embeddings.unsqueeze(0))
+
+    def encode(self, backbone: FrozenCLIP, context: torch.Tensor) -> torch.Tensor:
+        """Text features of every class for every context: ``[U, C, D]`` (not normalised)."""
+        prompts = self.splice(context)
+        units, classes = prompts.shape[:2]
+        features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
+        return features.view(units, classes, -1)
+
+
+def context_init(backbone: FrozenCLIP, n_ctx: int, phrase: str | None, generator: torch.Generator,
+                 std: float = 0.02) -> torch.Tensor:
+    """``[n_ctx, d_t]`` initial context: the word embeddings of ``phrase`` ("a photo of a") when
+    given (its token count must equal n_ctx), else N(0, std^2) as in CoOp."""
+    if phrase:
+        ids = backbone.tokenize([phrase])
+        length = int(backbone.eot_positions(ids)[0]) - 1
+        if length != n_ctx:
+            raise ConfigError(f"head.ctx_init: {phrase!r} is {length} tokens but head.n_ctx is {n_ctx}; "
+                              f"set head.n_ctx={length} or change the phrase")
+        return backbone.token_embeddings(ids)[0, 1 : 1 + n_ctx].clone()
+    return torch.randn(n_ctx, backbone.text_width, generator=generator) * std

@@ -1,0 +1,73 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedvlm.backbone import cache
+from fedvlm.data.folders import scan_image_folder
+from fedvlm.errors import DataError
+from conftest import write_colour_folder
+
+
+@pytest.fixture()
+def paths(tmp_path):
+    files, _, _ = scan_image_folder(write_colour_folder(tmp_path / "images", per_class=5))
+    return files
+
+
+def _count_encoder_calls(backbone, monkeypatch):
+    calls = []
+    original = backbone.encode_images
+    monkeypatch.setattr(backbone, "encode_images", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_features_equal_a_direct_encoder_pass(tiny_backbone, paths):
+    table = cache.extract(tiny_backbone, paths, patches=True, batch_size=4)
+    pixels = torch.stack([tiny_backbone.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    direct = tiny_backbone.encode_images(pixels, patches=True)
+    torch.testing.assert_close(table.pooled, direct.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(table.patches, direct.patches, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_then_disk_cache_never_recompute(tiny_backbone, paths, tmp_path, monkeypatch):
+    cache.clear_memory_cache()
+    calls = _count_encoder_calls(tiny_backbone, monkeypatch)
+    first = cache.image_features(tiny_backbone, paths, patches=False, mode="disk", cache_dir=tmp_path / "c")
+    encoded = len(calls)
+    assert encoded > 0
+    again = cache.image_features(tiny_backbone, paths, patches=False, mode="disk", cache_dir=tmp_path / "c")
+    assert again is first and len(calls) == encoded  # memory hit
+    cache.clear_memory_cache()  # a new process: the disk entry is read, the encoder is not run
+    from_disk = cache.image_features(tiny_backbone, paths, patches=False, mode="disk", cache_dir=tmp_path / "c")
+    assert len(calls) == encoded
+    assert torch.equal(from_disk.pooled, first.pooled)
+    assert not list((tmp_path / "c" / "features").glob("*.tmp-*"))  # no half-written entry left
+
+
+def test_key_changes_with_files_patches_and_weights(tiny_backbone, paths):
+    base = cache.cache_key(tiny_backbone, paths, patches=False)
+    assert cache.cache_key(tiny_backbone, paths[:-1], patches=False) != base
+    assert cache.cache_key(tiny_backbone, paths, patches=True) != base
+    stat = os.stat(paths[0])
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
+    assert cache.cache_key(tiny_backbone, paths, patches=False) != base
+
+
+def test_corrupt_image_is_reported_by_path(tiny_backbone, paths):
+    paths[3].write_bytes(b"not a png at all")
+    with pytest.raises(DataError) as error:
+        cache.extract(tiny_backbone, paths, patches=False, batch_size=4)
+    assert str(paths[3]) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_two_process_extraction_equals_one(tiny_backbone, paths):
+    """Batches are dealt to ranks in fixed units; summing the ranks' tables gives the same table."""
+    whole = cache.extract(tiny_backbone, paths, patches=True, batch_size=4)
+    halves = [cache.extract(tiny_backbone, paths, patches=True, batch_size=4, rank=r, world_size=2,
+                            all_reduce=lambda t: t) for r in (0, 1)]
+    assert torch.equal(halves[0].pooled + halves[1].pooled, whole.pooled)
+    assert torch.equal(halves[0].patches + halves[1].patches, whole.patches)
+    assert np.count_nonzero(halves[0].pooled.abs().sum(1)) == 8  # rank 0 computed batches 0 and 2

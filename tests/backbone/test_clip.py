@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.errors import ConfigError
+
+TEXTS = ["a photo of a cat.", "an aerial photo of a dense residential area with many buildings and roads.", "x"]
+
+
+def test_text_path_from_embeddings_equals_encode_text(tiny_backbone):
+    ids = tiny_backbone.tokenize(TEXTS)
+    reference = tiny_backbone.model.encode_text(ids)
+    ours = tiny_backbone.encode_token_embeddings(tiny_backbone.token_embeddings(ids), tiny_backbone.eot_positions(ids))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_trimming_after_the_eot_token_changes_nothing(tiny_backbone):
+    ids = tiny_backbone.tokenize(TEXTS)
+    embeddings, eot = tiny_backbone.token_embeddings(ids), tiny_backbone.eot_positions(ids)
+    trimmed = tiny_backbone.encode_token_embeddings(embeddings, eot)
+    tiny_backbone.can_trim_text = False
+    try:
+        full = tiny_backbone.encode_token_embeddings(embeddings, eot)
+    finally:
+        tiny_backbone.can_trim_text = True
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+
+
+def test_image_features_pooled_and_projected_patches(tiny_backbone):
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    features = tiny_backbone.encode_images(pixels, patches=True)
+    assert features.pooled.shape == (3, tiny_backbone.embed_dim)
+    assert features.patches.shape == (3, 64, tiny_backbone.embed_dim)  # 64 px / patch 8 = 8 x 8 patches
+    torch.testing.assert_close(features.pooled, tiny_backbone.model.encode_image(pixels))
+    assert tiny_backbone.encode_images(pixels).patches is None
+    assert tiny_backbone.model.visual.output_tokens is False  # restored after the call
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode(tiny_backbone):
+    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    tiny_backbone.train()
+    assert not tiny_backbone.model.training
+    context = torch.zeros(1, 4, tiny_backbone.text_width, requires_grad=True)
+    ids = tiny_backbone.tokenize(["X X X X cat."])
+    embeddings = torch.cat([tiny_backbone.token_embeddings(ids)[:, :1], context,
+                            tiny_backbone.token_embeddings(ids)[:, 5:]], dim=1)
+    tiny_backbone.encode_token_embeddings(embeddings, tiny_backbone.eot_positions(ids)).sum().backward()
+    assert context.grad is not None and context.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_backbone.parameters())
+
+
+def test_missing_checkpoint_and_unknown_names_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint file .*does not exist"):
+        FrozenCLIP.load("fedvlm-tiny", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ConfigError, match="unknown open_clip model 'ViT-Q-99'"):
+        FrozenCLIP.load("ViT-Q-99", None)
+    with pytest.raises(ConfigError, match="not an open_clip tag of ViT-B-16"):
+        FrozenCLIP.load("ViT-B-16", "no-such-tag")
+
+
+def test_local_checkpoint_loads(tmp_path, tiny_backbone):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    loaded = FrozenCLIP.load("fedvlm-tiny", str(path))
+    for (name, a), (_, b) in zip(tiny_backbone.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.identity() != tiny_backbone.identity()  # weights are part of the cache key
+
+
+def test_missing_tag_offline_fails_at_once_with_a_local_checkpoint_hint(tmp_path):
+    # A fresh process without HF_HUB_OFFLINE and no network: fedvlm must switch the hub client to
+    # offline itself instead of letting it retry for a minute.
+    code = ("import fedvlm, time; from fedvlm.backbone.clip import FrozenCLIP; from fedvlm.errors import ConfigError\n"
+            "t = time.time()\ntry:\n    FrozenCLIP.load('ViT-B-32', 'openai')\nexcept ConfigError as e:\n"
+            "    import os; print('ERR', e); print('OFFLINE', os.environ.get('HF_HUB_OFFLINE'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("ERR")]
+    assert lines, out.stdout + out.stderr
+    assert "model.pretrained=/path/to/" in lines[0]
+    assert "OFFLINE 1" in out.stdout  # the hub client was switched off instead of retrying
