@@ -54,19 +54,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from fedvlm.config import load_config
+    from fedvlm.config import load_configs
     from fedvlm.simulation import run
 
-    config = load_config(args.config, args.overrides)
-    summary = run(config)
-    if summary.get("run_dir"):
-        print(_result_lines(summary))
+    configs = load_configs(args.config, args.overrides)  # every run is validated before the first starts
+    for number, config in enumerate(configs, start=1):
+        if len(configs) > 1:
+            swept = " ".join(f"{k}={v}" for k, v in {**config.sweep_values, "seed": config.seed}.items())
+            print(f"[{number}/{len(configs)}] {config.name} {swept}", flush=True)
+        summary = run(config)
+        if summary.get("run_dir"):
+            print(_result_lines(summary), flush=True)
     return 0
 
 
 def _result_lines(summary: dict) -> str:
     lines = [f"run folder: {summary['run_dir']}"]
-    for key in ("global/accuracy", "personalized/mean_accuracy", "personalized/min_accuracy"):
+    primary = summary.get("primary_metric", "accuracy")
+    for key in (f"global/{primary}", f"personalized/mean_{primary}", f"personalized/min_{primary}"):
         if summary.get(key) is not None:
             lines.append(f"{key}: {100 * summary[key]:.2f}%")
     if summary.get("wandb_dir"):
@@ -75,10 +80,10 @@ def _result_lines(summary: dict) -> str:
 
 
 def _describe(args) -> int:
-    from fedvlm.config import load_config
+    from fedvlm.config import load_configs
     from fedvlm.describe import describe, format_description
 
-    config = load_config(args.config, args.overrides)
+    config = load_configs(args.config, args.overrides)[0]  # counts do not depend on swept values
     counts = describe(config)
     print(json.dumps(counts, indent=2) if args.json else format_description(counts))
     return 0

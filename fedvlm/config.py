@@ -61,6 +61,9 @@ class DataConfig(Section):
     split: list[float] | None = None
     shots: int | None = Field(None, gt=0)  # few-shot training set: this many images per class
     template: str | None = None  # zero-shot/prompt template with one '{}'; null = the dataset's
+    # Part annotation (FedMPT Mask%): this fraction of the training labels is hidden (unknown, not
+    # negative). Multi-label datasets only.
+    hidden_labels: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("split")
     @classmethod
@@ -104,6 +107,8 @@ class EvalConfig(Section):
     batch_size: int = Field(100, gt=0)
     global_test: bool = True  # the server model on the whole test split
     personalized: bool = True  # every client on its own test split
+    threshold: float = Field(0.5, gt=0, lt=1)  # multi-label: sigmoid(score) >= threshold is predicted
+    top_k: int | None = Field(None, gt=0)  # multi-label: predict the k best classes instead
 
 
 class RuntimeConfig(Section):
@@ -146,6 +151,8 @@ class ExperimentConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     # true: continue the newest unfinished run of this experiment; a path: continue that run folder.
     resume: bool | str = False
+    # Filled in by sweep expansion: the swept keys' values of this run (for reports and W&B).
+    sweep_values: dict[str, Any] = {}
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=(), validate_default=True)
 
@@ -305,6 +312,46 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     return raw
 
 
+def expand_runs(raw: dict) -> list[dict]:
+    """One raw config per run. ``seeds: [1, 2, 3]`` repeats the experiment per seed (the papers
+    report means over 3 runs) and ``sweep: {partition.num_clients: [2, 5, 10]}`` runs every value
+    of every listed key (the cartesian product); each run records its values in ``sweep_values``."""
+    raw = copy.deepcopy(raw)
+    sweep = raw.pop("sweep", None) or {}
+    seeds = raw.pop("seeds", None)
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise ConfigError(f"sweep: expected a mapping of dotted keys to non-empty lists, got {sweep!r}")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
+            raise ConfigError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+        sweep = {**sweep, "seed": seeds}
+    runs = [raw]
+    for key, values in sweep.items():
+        runs = [_set(run, key, value) for run in runs for value in values]
+    if sweep:
+        for run in runs:
+            run["sweep_values"] = {key: _get(run, key) for key in sweep if key != "seed"}
+    return runs
+
+
+def _get(raw: dict, dotted: str):
+    node = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    """A copy of ``raw`` with ``dotted`` set to ``value`` (merged the way overrides are)."""
+    update: dict = {}
+    node = update
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return merge(raw, update)
+
+
 def build_config(raw: dict) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
@@ -312,11 +359,19 @@ def build_config(raw: dict) -> ExperimentConfig:
         raise ConfigError(_one_line(error, ExperimentConfig)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None, **defaults) -> ExperimentConfig:
-    """Load and validate an experiment: YAML file (optional) + ``key=value`` overrides."""
+def load_configs(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> list[ExperimentConfig]:
+    """Load and validate an experiment, YAML file (optional) + ``key=value`` overrides, as the
+    list of its runs (several when it sweeps keys or seeds; see :func:`expand_runs`)."""
     raw = read_yaml(path) if path is not None else {}
-    raw = merge(defaults, raw) if defaults else raw
     if overrides:
         update = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         raw = merge(raw, update)
-    return build_config(raw)
+    return [build_config(run) for run in expand_runs(raw)]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> ExperimentConfig:
+    """Like :func:`load_configs` for an experiment that is one run."""
+    runs = load_configs(path, overrides)
+    if len(runs) != 1:
+        raise ConfigError(f"sweep: this experiment is {len(runs)} runs; load it with load_configs")
+    return runs[0]

@@ -1,8 +1,10 @@
 """Evaluation: the server model on the whole test split, and every client on its own test split.
 
-Work is split over processes in units that do not depend on the process count (fixed test
-batches; whole clients), and the integer counts are summed with an all-reduce, so the metrics
-are identical whatever the number of processes.
+Both produce a *score table* (one row per test image, the head's scores for every class), which
+the task turns into metrics (:mod:`fedvlm.tasks`). Work is split over processes in units that do
+not depend on the process count (fixed test batches; whole clients); each process fills its rows
+and leaves zeros elsewhere, and one all-reduce sums the tables: adding zeros is exact, so the
+metrics are identical whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -12,66 +14,73 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fedvlm.client.training import FeatureBatches
 from fedvlm.heads.base import Head
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def _correct(head: Head, data: FeatureBatches, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """1 where the prediction for each row is right."""
-    batch = data.batch(rows, slots)
-    return (head(batch).argmax(-1) == batch.labels).cpu().numpy()
+def _scores(head: Head, data, rows: np.ndarray, slots: np.ndarray) -> torch.Tensor:
+    return head(data.batch(rows, slots, train=False)).float().cpu()
 
 
 @torch.no_grad()
-def global_accuracy(head: Head, data: FeatureBatches, test_rows: np.ndarray, state: dict[str, torch.Tensor],
-                    batch_size: int, rank: int = 0, world_size: int = 1, all_reduce: Reduce | None = None) -> float:
-    """Top-1 accuracy of the model given by ``state`` (loaded in slot 0) on ``test_rows``."""
+def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torch.Tensor], batch_size: int,
+                  rank: int = 0, world_size: int = 1, all_reduce: Reduce | None = None) -> torch.Tensor:
+    """``[len(test_rows), C]`` scores of the model given by ``state`` (loaded in slot 0)."""
     head.write_slot(0, state)
-    correct = torch.zeros(1, dtype=torch.int64)
+    table = None
     for number, start in enumerate(range(0, len(test_rows), batch_size)):
-        if number % world_size == rank:
-            rows = test_rows[start : start + batch_size]
-            correct += int(_correct(head, data, rows, np.zeros(len(rows), dtype=np.int64)).sum())
-    if world_size > 1:
-        correct = all_reduce(correct)
-    return float(correct.item()) / max(len(test_rows), 1)
+        if number % world_size != rank:
+            continue
+        rows = test_rows[start : start + batch_size]
+        scores = _scores(head, data, rows, np.zeros(len(rows), dtype=np.int64))
+        if table is None:
+            table = torch.zeros(len(test_rows), scores.shape[-1])
+        table[start : start + len(rows)] = scores
+    return _reduce(table, len(test_rows), head, all_reduce if world_size > 1 else None)
 
 
 @torch.no_grad()
-def client_accuracies(head: Head, data: FeatureBatches, test_rows: list[np.ndarray],
-                      state_of: Callable[[int], dict[str, torch.Tensor]], batch_size: int, rank: int = 0,
-                      world_size: int = 1, all_reduce: Reduce | None = None) -> np.ndarray:
-    """Accuracy of every client's personalised model on its own test rows: ``[K]`` (nan when a
-    client has no test image). Client k is evaluated by process ``k % world_size``; clients are
-    stacked ``head.num_slots`` at a time."""
-    num_clients = len(test_rows)
-    counts = torch.zeros(num_clients, 2, dtype=torch.int64)  # correct, total
-    mine = [k for k in range(num_clients) if k % world_size == rank and len(test_rows[k])]
+def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Callable[[int], dict[str, torch.Tensor]],
+                  batch_size: int, rank: int = 0, world_size: int = 1,
+                  all_reduce: Reduce | None = None) -> torch.Tensor:
+    """Scores of every client's own model on its own test rows, stacked in client order:
+    ``[sum_k len(test_rows[k]), C]``. Client k is evaluated by process ``k % world_size``;
+    clients are stacked ``head.num_slots`` at a time."""
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in test_rows])])
+    mine = [k for k in range(len(test_rows)) if k % world_size == rank and len(test_rows[k])]
+    table = None
     for first in range(0, len(mine), head.num_slots):
         group = mine[first : first + head.num_slots]
         for slot, client in enumerate(group):
             head.write_slot(slot, state_of(client))
         rows = np.concatenate([test_rows[k] for k in group])
         slots = np.concatenate([np.full(len(test_rows[k]), slot) for slot, k in enumerate(group)])
-        correct = np.concatenate([_correct(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
-                                  for i in range(0, len(rows), batch_size)])
-        for slot, client in enumerate(group):
-            counts[client, 0] = int(correct[slots == slot].sum())
-            counts[client, 1] = int((slots == slot).sum())
-    if world_size > 1:
-        counts = all_reduce(counts)
-    totals = counts[:, 1].double()
-    accuracy = counts[:, 0].double() / totals.clamp(min=1)
-    accuracy[totals == 0] = float("nan")
-    return accuracy.numpy()
+        scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
+                            for i in range(0, len(rows), batch_size)])
+        if table is None:
+            table = torch.zeros(int(offsets[-1]), scores.shape[-1])
+        position = 0
+        for client in group:
+            count = len(test_rows[client])
+            table[offsets[client] : offsets[client] + count] = scores[position : position + count]
+            position += count
+    return _reduce(table, int(offsets[-1]), head, all_reduce if world_size > 1 else None)
 
 
-def summarize_clients(accuracies: np.ndarray) -> dict[str, float]:
-    valid = accuracies[~np.isnan(accuracies)]
-    if valid.size == 0:
-        return {}
-    return {"mean": float(valid.mean()), "min": float(valid.min()), "max": float(valid.max()),
-            "std": float(valid.std())}
+def _reduce(table: torch.Tensor | None, rows: int, head: Head, all_reduce: Reduce | None) -> torch.Tensor:
+    if all_reduce is None:
+        return table if table is not None else torch.zeros(rows, len(head.classnames))
+    if table is None:  # this rank had nothing to evaluate; it still joins the collective
+        table = torch.zeros(rows, len(head.classnames))
+    return all_reduce(table)
+
+
+def per_client_metrics(task, table: torch.Tensor, labels: torch.Tensor, test_rows: list[np.ndarray]) -> list[dict]:
+    """The task's metrics of every client from the stacked table of :func:`client_scores`."""
+    results, start = [], 0
+    for rows in test_rows:
+        results.append(task.metrics(table[start : start + len(rows)], labels[torch.from_numpy(rows)]) if len(rows) else {})
+        start += len(rows)
+    return results

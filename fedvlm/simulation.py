@@ -33,15 +33,18 @@ from tqdm.auto import tqdm
 
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.client.batches import FeatureBatches, PixelBatches
 from fedvlm.client.optim import SlotOptimizer
-from fedvlm.client.training import ClientResult, ClientTask, FeatureBatches, train_pass
+from fedvlm.client.training import ClientResult, ClientTask, train_pass
 from fedvlm.config import ExperimentConfig
 from fedvlm.data.datasets import DATASETS, load_dataset
-from fedvlm.data.partition import client_class_counts, few_shot, split
+from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
-from fedvlm.evaluation import client_accuracies, global_accuracy, summarize_clients
+from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
 from fedvlm.heads import HEADS, Head
+from fedvlm.heads.base import RoundContext
 from fedvlm.server import ClientUpdate
+from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import RunFolder, new_run_id
 from fedvlm.tracking.wandb_logger import WandbLogger
@@ -57,9 +60,10 @@ class Federation:
     """Everything fixed for a run: data, clients, backbone, head."""
 
     config: ExperimentConfig
+    task: Task
     classnames: list[str]
-    data: FeatureBatches  # features of every image the run uses, one row each
-    labels: np.ndarray  # [rows]
+    data: FeatureBatches  # features (or pixels) of every image the run uses, one row each
+    labels: np.ndarray  # [rows] class ids, or [rows, C] multi-hot
     train: list[np.ndarray]  # rows each client trains on
     test: list[np.ndarray]  # rows each client is evaluated on
     test_rows: np.ndarray  # the whole test split
@@ -89,6 +93,8 @@ class ServerState:
     global_shared: dict[str, torch.Tensor]
     personal: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     optimizer: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # the shared parameters each client uploaded in the last round it took part in
+    uploads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     communication: dict[str, int] = field(default_factory=lambda: {"uploaded_bytes": 0, "downloaded_bytes": 0})
 
     def client_start(self, federation: Federation, client: int) -> dict[str, torch.Tensor]:
@@ -103,19 +109,33 @@ class ServerState:
         return {**federation.initial, **self.global_shared}
 
 
-def _splits(config: ExperimentConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows: the configured fractions (stratified per class for class labels),
+    else the dataset's official split, else its default fractions; then few-shot sampling."""
     spec = DATASETS.get(config.data.dataset)
-    parts = split(labels, config.data.split or spec.default_split, config.seed)
-    train, test = parts[0], parts[-1]
+    if config.data.split is None and official:
+        train, test = official["train"], official["test"]
+    else:
+        fractions = config.data.split or spec.default_split
+        parts = split(labels, fractions, config.seed) if labels.ndim == 1 else \
+            random_split(len(labels), fractions, config.seed)
+        train, test = parts[0], parts[-1]
     if config.data.shots:
+        if labels.ndim != 1:
+            raise ConfigError("data.shots: few-shot sampling needs single-label classes; set data.shots=null")
         train = train[few_shot(labels[train], config.data.shots, config.seed)]
     return train, test
 
 
-def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray,
+               features: torch.Tensor | None) -> list[np.ndarray]:
+    """Client shares of ``rows`` (dataset rows); ``features`` (pooled, same order as ``rows``)
+    for partitions that cluster images instead of reading labels."""
     if config.algorithm.single_client:
         return [rows]
-    return [rows[share] for share in config.partition(labels[rows], config.seed)]
+    shares = config.partition(labels[rows], config.seed, features=features)
+    return [rows[share] for share in shares]
 
 
 def num_slots(config: ExperimentConfig, num_clients: int, world_size: int) -> int:
@@ -126,20 +146,18 @@ def num_slots(config: ExperimentConfig, num_clients: int, world_size: int) -> in
 
 
 def build_federation(config: ExperimentConfig, fabric) -> Federation:
-    """Data, splits, partition, backbone, cached features and head for ``config``."""
+    """Data, splits, backbone, cached features, partition and head for ``config``."""
     dataset = load_dataset(config.data.dataset, config.data.root)
     spec = DATASETS.get(config.data.dataset)
-    train, test = _splits(config, dataset.labels)
+    task = TASKS.get(spec.task)(config.eval.threshold, config.eval.top_k)
+    train, test = _splits(config, dataset.labels, dataset.official_splits)
     if not config.algorithm.single_client:
         config.partition.check(len(train))
-    train_shares = _partition(config, dataset.labels, train)
-    test_shares = _partition(config, dataset.labels, test)
 
     # Only the images the run uses are encoded; rows are renumbered to the feature table.
     used = np.union1d(train, test)
     row_of = np.full(len(dataset), -1, dtype=np.int64)
     row_of[used] = np.arange(len(used))
-
     head_class = HEADS.get(config.head.name)
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision,
                                device=fabric.device)
@@ -149,16 +167,28 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
         batch_size=config.runtime.extract_batch_size, num_workers=config.runtime.num_workers,
         device=fabric.device, rank=fabric.global_rank, world_size=fabric.world_size,
         all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier)
+
+    train_features = features.pooled[torch.from_numpy(row_of[train])]
+    train_shares = _partition(config, dataset.labels, train, train_features)
+    test_shares = _partition(config, dataset.labels, test, features.pooled[torch.from_numpy(row_of[test])])
+
     labels = dataset.labels[used]
+    train_labels = hide_labels(labels, row_of[train], config.data.hidden_labels, config.seed)
+    as_tensor = lambda a: torch.from_numpy(a) if a is not None else None  # noqa: E731
+    if head_class.needs_pixels:
+        data = PixelBatches([dataset.paths[i] for i in used], backbone.preprocess, features.pooled,
+                            torch.from_numpy(labels), fabric.device, as_tensor(train_labels))
+    else:
+        data = FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), fabric.device,
+                              as_tensor(train_labels))
     template = config.data.template or spec.template
     slots = num_slots(config, len(train_shares), fabric.world_size)
     head = head_class(config.head, backbone, dataset.classnames, template, num_slots=slots, seed=config.seed)
     head = head.to(fabric.device)
     return Federation(
-        config=config, classnames=dataset.classnames,
-        data=FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), fabric.device),
-        labels=labels, train=[row_of[s] for s in train_shares], test=[row_of[s] for s in test_shares],
-        test_rows=row_of[test], backbone=backbone, head=head, initial=head.read_slot(0))
+        config=config, task=task, classnames=dataset.classnames, data=data, labels=labels,
+        train=[row_of[s] for s in train_shares], test=[row_of[s] for s in test_shares], test_rows=row_of[test],
+        backbone=backbone, head=head, initial=head.read_slot(0))
 
 
 # ------------------------------------------------------------------------------- one round
@@ -194,6 +224,7 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
                   round_index: int, progress=None) -> list[ClientResult]:
     config, head = federation.config, federation.head
     keep_optimizer = config.optim.keep_state
+    head.begin_round(RoundContext(round_index, state.global_shared, state.uploads))
     results: list[ClientResult] = []
     for first in range(0, len(clients), head.num_slots):
         group = clients[first : first + head.num_slots]
@@ -247,6 +278,7 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
     if federation.algorithm.aggregates and shared:
         # Only shared tensors are put into the updates: the server never sees a private one.
         updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}) for r in results]
+        state.uploads.update({u.client: u.shared for u in updates})
         state.global_shared = federation.algorithm.aggregate(state.global_shared, updates)
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
         state.communication["uploaded_bytes"] += message * len(results)
@@ -257,19 +289,27 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
 
 
 def evaluate(federation: Federation, state: ServerState, fabric) -> dict:
-    config, head = federation.config, federation.head
+    """Metrics of the server model (``global/*``) and of every client's own model on its own
+    test split (``personalized/*``; ``clients/<primary>`` lists the per-client values)."""
+    config, head, task = federation.config, federation.head, federation.task
     reduce = lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu()  # noqa: E731
+    labels = torch.from_numpy(federation.labels)
     metrics: dict = {}
     if config.eval.global_test and federation.algorithm.aggregates:
-        metrics["global/accuracy"] = global_accuracy(
-            head, federation.data, federation.test_rows, state.server_model(federation), config.eval.batch_size,
-            fabric.global_rank, fabric.world_size, reduce)
+        table = server_scores(head, federation.data, federation.test_rows, state.server_model(federation),
+                              config.eval.batch_size, fabric.global_rank, fabric.world_size, reduce)
+        test_labels = labels[torch.from_numpy(federation.test_rows)]
+        metrics.update({f"global/{k}": v for k, v in task.metrics(table, test_labels).items()})
     if config.eval.personalized:
-        accuracies = client_accuracies(
-            head, federation.data, federation.test, lambda k: state.client_start(federation, k),
-            config.eval.batch_size, fabric.global_rank, fabric.world_size, reduce)
-        metrics["client_accuracies"] = accuracies
-        metrics.update({f"personalized/{k}_accuracy": v for k, v in summarize_clients(accuracies).items()})
+        table = client_scores(head, federation.data, federation.test, lambda k: state.client_start(federation, k),
+                              config.eval.batch_size, fabric.global_rank, fabric.world_size, reduce)
+        clients = per_client_metrics(task, table, labels, federation.test)
+        for name in sorted({key for c in clients for key in c}):
+            values = np.array([c.get(name, np.nan) for c in clients], dtype=float)
+            metrics[f"personalized/mean_{name}"] = spread(values).get("mean", float("nan"))
+        primary = np.array([c.get(task.primary, np.nan) for c in clients], dtype=float)
+        metrics.update({f"personalized/{k}_{task.primary}": v for k, v in spread(primary).items() if k != "mean"})
+        metrics[f"clients/{task.primary}"] = primary
     return metrics
 
 
@@ -341,8 +381,9 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
             metrics.update(evaluate(federation, state, fabric))
         if is_main:
             _log_round(logger, folder, metrics)
+            primary = federation.task.primary
             round_bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
-                                   (("global", "global/accuracy"), ("personalized", "personalized/mean_accuracy"))
+                                   (("global", f"global/{primary}"), ("personalized", f"personalized/mean_{primary}"))
                                    if key in metrics})
         every = config.logging.checkpoint_every
         if is_main and (last or (every and (round_index + 1) % every == 0)):
@@ -356,10 +397,11 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     summary = _summary(config, federation, state, metrics, folder, time.time() - started)
     if is_main:
         folder.write_summary(summary)
-        if "client_accuracies" in metrics:
-            logger.log_table("personalized/clients", ["client", "train_images", "test_images", "accuracy"],
+        primary = f"clients/{federation.task.primary}"
+        if primary in metrics:
+            logger.log_table("personalized/clients", ["client", "train_images", "test_images", federation.task.primary],
                              [[k, len(federation.train[k]), len(federation.test[k]), float(a)]
-                              for k, a in enumerate(metrics["client_accuracies"])])
+                              for k, a in enumerate(metrics[primary])])
         logger.finish(summary)
         summary["wandb_dir"] = logger.directory
         return summary
@@ -382,13 +424,15 @@ def _log_round(logger: WandbLogger, folder: RunFolder, metrics: dict) -> None:
     line = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()}
     folder.append_metrics(line)
     logger.log({k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)})
-    if "client_accuracies" in metrics:
-        logger.log_client_accuracies(metrics["round"], metrics["client_accuracies"])
+    for key, values in metrics.items():
+        if isinstance(values, np.ndarray):
+            logger.log_histogram(metrics["round"], key, values)
 
 
 def _checkpoint(config: ExperimentConfig, state: ServerState) -> dict:
     return {"config": config.to_dict(), "next_round": state.next_round, "global_shared": state.global_shared,
-            "personal": state.personal, "optimizer": state.optimizer, "communication": state.communication}
+            "personal": state.personal, "optimizer": state.optimizer, "uploads": state.uploads,
+            "communication": state.communication}
 
 
 # Keys that may differ between a run and its resumption (where and how it runs, not what).
@@ -406,7 +450,7 @@ def _open_run_folder(fabric, config: ExperimentConfig) -> tuple[RunFolder, Serve
                 raise ConfigError(f"resume: {key} differs from the run in {folder.path} "
                                   f"(saved {saved.get(key)!r}); resume with the same experiment settings")
         state = ServerState(checkpoint["next_round"], checkpoint["global_shared"], checkpoint["personal"],
-                            checkpoint["optimizer"], checkpoint["communication"])
+                            checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"])
         return folder, state
     run_id = fabric.broadcast(new_run_id(config.seed) if fabric.global_rank == 0 else None)
     folder = RunFolder(Path(results_dir) / config.name / run_id)
@@ -418,7 +462,7 @@ def _open_run_folder(fabric, config: ExperimentConfig) -> tuple[RunFolder, Serve
 
 def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Federation,
                    resumed_at: int | None) -> WandbLogger:
-    counts = client_class_counts(federation.labels, federation.train, len(federation.classnames))
+    counts = client_class_counts(federation.labels, federation.train, len(federation.classnames))  # [K, C]
     np.savetxt(folder.path / "partition.csv", counts, fmt="%d", delimiter=",",
                header=",".join(federation.classnames), comments="")
     partition_name = "centralized" if config.algorithm.single_client else config.partition.name
@@ -444,6 +488,7 @@ def _summary(config, federation: Federation, state: ServerState, metrics: dict, 
         "experiment": config.name, "run_id": folder.run_id, "run_dir": str(folder.path), "seed": config.seed,
         "method": config.head.name, "algorithm": config.algorithm.name, "dataset": config.data.dataset,
         "num_clients": federation.num_clients, "rounds": config.federation.rounds,
+        "primary_metric": federation.task.primary,
         **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()},
         "parameters": {"backbone": federation.backbone.num_parameters(), "trainable_per_client": shared + private,
                        "shared_per_client": shared, "private_per_client": private},

@@ -91,3 +91,19 @@ def test_base_file_and_overrides_merge(tmp_path, colour_data_root):
     assert config.optim.lr == 0.003 and config.optim.batch_size == 4
     assert config.partition.name == "even_per_class" and not hasattr(config.partition, "alpha")
     assert config.partition.num_clients == 3  # carried over: the new partition accepts it
+
+
+def test_sweep_and_seeds_expand_into_runs(tmp_path):
+    from fedvlm.config import load_configs
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "seeds": [1, 2], "sweep": {"partition.num_clients": [2, 5, 10]}}))
+    runs = load_configs(path)
+    assert len(runs) == 6
+    assert sorted((r.seed, r.partition.num_clients) for r in runs) == [(s, k) for s in (1, 2) for k in (2, 5, 10)]
+    assert all(r.sweep_values == {"partition.num_clients": r.partition.num_clients} for r in runs)
+    with pytest.raises(Exception, match="sweep: this experiment is 6 runs"):
+        __import__("fedvlm.config").config.load_config(path)
+    path.write_text(yaml.safe_dump({**GOOD, "sweep": {"partition.num_clientz": [2]}}))
+    with pytest.raises(Exception, match="partition.num_clientz: unknown key"):
+        load_configs(path)

@@ -83,7 +83,7 @@ def test_three_clients_two_rounds_end_to_end(colour_data_root, tmp_path, tiny_ba
     assert lines[-1]["uploaded_bytes"] == lines[-1]["downloaded_bytes"] == 2 * 3 * per_client
     assert summary["parameters"]["shared_per_client"] == 4 * width
     assert summary["parameters"]["private_per_client"] == 0
-    assert 0 <= summary["global/accuracy"] <= 1 and len(summary["client_accuracies"]) == 3
+    assert 0 <= summary["global/accuracy"] <= 1 and len(summary["clients/accuracy"]) == 3
     counts = np.loadtxt(folder / "partition.csv", delimiter=",", skiprows=1)
     assert counts.shape == (3, 3) and counts.sum() == 18  # half of 36 images are training images
     assert yaml.safe_load((folder / "config.yaml").read_text())["partition"]["alpha"] == 1.0
@@ -117,7 +117,7 @@ def test_local_and_centralized_algorithms(colour_data_root, tmp_path):
     local = run(load_config(overrides=_config(colour_data_root, tmp_path, algorithm={"name": "local"})))
     assert local["uploaded_bytes"] == 0 and "global/accuracy" not in local
     central = run(load_config(overrides=_config(colour_data_root, tmp_path, algorithm={"name": "centralized"})))
-    assert central["num_clients"] == 1 and central["client_accuracies"][0] == central["global/accuracy"]
+    assert central["num_clients"] == 1 and central["clients/accuracy"][0] == central["global/accuracy"]
 
 
 def test_sampling_and_sharding():

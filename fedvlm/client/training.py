@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedvlm.client.optim import SlotOptimizer
-from fedvlm.heads.base import Batch, Head
+from fedvlm.heads.base import Head
 
 
 @dataclass
@@ -58,20 +58,7 @@ def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int
             return batches[:steps]
 
 
-class FeatureBatches:
-    """Builds :class:`Batch` objects from a cached feature table and labels."""
-
-    def __init__(self, pooled: torch.Tensor, patches: torch.Tensor | None, labels: torch.Tensor, device):
-        self.pooled, self.patches, self.labels, self.device = pooled, patches, labels, device
-
-    def batch(self, rows: np.ndarray, slot: np.ndarray) -> Batch:
-        index = torch.from_numpy(rows)
-        patches = self.patches[index].float() if self.patches is not None else None
-        return Batch(labels=self.labels[index], slot=torch.from_numpy(slot), image=self.pooled[index].float(),
-                     patches=patches).to(self.device)
-
-
-def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data: FeatureBatches, *,
+def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data, *,
                batch_size: int, epochs: int, steps: int | None, lr: float, seed: int, round_index: int,
                penalty=None, global_shared: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
     """Train ``tasks`` (at most ``head.num_slots`` clients) for one round, together.

@@ -40,11 +40,14 @@ from fedvlm.registry import Registry
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """A single-label image dataset: ``paths[i]`` has label ``labels[i]`` in ``classnames``."""
+    """Images with labels: ``paths[i]`` has label ``labels[i]`` (``[N]`` class ids) or the
+    multi-hot row ``labels[i]`` (``[N, C]`` in {1, 0, -1}) over ``classnames``."""
 
     paths: list[Path]
-    labels: np.ndarray  # [N] int64
+    labels: np.ndarray
     classnames: list[str]  # prompt text of every class, in label order
+    # the dataset's own train/test rows when it ships a split (VOC trainval/test, COCO train/val)
+    official_splits: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,6 +64,7 @@ class DatasetSpec:
     num_classes: int | None = None  # checked when set
     rename: dict[str, str] = field(default_factory=dict)  # folder name -> prompt text
     skip: tuple[str, ...] = ()  # class folders that are not classes
+    task: str = "classification"  # how predictions are scored (fedvlm.tasks)
 
     def classname(self, folder: str) -> str:
         return self.rename.get(folder, folder.replace("_", " "))

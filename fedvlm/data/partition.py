@@ -12,7 +12,7 @@ Registered partitions (``partition.name`` in a config): ``even_per_class`` (Fed-
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -52,6 +52,29 @@ def split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> tuple
         for part, chunk in zip(parts, np.split(members, np.cumsum(sizes)[:-1])):
             part.append(chunk)
     return tuple(np.sort(np.concatenate(p)) if p else np.array([], dtype=int) for p in parts)
+
+
+def random_split(count: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
+    """Unstratified split of ``count`` rows by ``fractions`` (multi-label data has no single
+    class to stratify by)."""
+    order = _rng(seed, 0).permutation(count)
+    sizes = np.floor(np.asarray(fractions) * count).astype(int)
+    sizes[0] += count - sizes.sum()
+    return tuple(np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1]))
+
+
+def hide_labels(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray | None:
+    """Training labels with ``fraction`` of the entries of ``rows`` set to -1 (unknown): the
+    part-annotation benchmark (FedMPT Sec. 5, Mask%). Unknown is not negative: the losses skip
+    it. None when nothing is hidden. Multi-label ``[N, C]`` labels only."""
+    if not fraction:
+        return None
+    hidden = labels.copy()
+    mask = _rng(seed, 2).random((len(rows), labels.shape[1])) < fraction
+    block = hidden[rows]
+    block[mask] = -1
+    hidden[rows] = block
+    return hidden
 
 
 def few_shot(labels: Sequence[int], shots: int, seed: int) -> np.ndarray:
@@ -120,8 +143,9 @@ class PartitionConfig(ComponentConfig):
     """``partition:`` section. Calling it partitions a label array."""
 
     num_clients: int = Field(10, gt=0)
+    needs_features: ClassVar[bool] = False  # True: partitions image features, not labels
 
-    def __call__(self, labels: Sequence[int], seed: int) -> list[np.ndarray]:
+    def __call__(self, labels: Sequence[int], seed: int, features=None) -> list[np.ndarray]:
         raise NotImplementedError
 
     def clients(self) -> int:
@@ -137,7 +161,7 @@ class PartitionConfig(ComponentConfig):
 
 @PARTITIONS.register("even_per_class")
 class EvenPerClass(PartitionConfig):
-    def __call__(self, labels, seed):
+    def __call__(self, labels, seed, features=None):
         return even_per_class(labels, self.num_clients, seed)
 
 
@@ -145,13 +169,13 @@ class EvenPerClass(PartitionConfig):
 class Dirichlet(PartitionConfig):
     alpha: float = Field(0.5, gt=0)
 
-    def __call__(self, labels, seed):
+    def __call__(self, labels, seed, features=None):
         return dirichlet(labels, self.num_clients, self.alpha, seed)
 
 
 @PARTITIONS.register("iid")
 class IID(PartitionConfig):
-    def __call__(self, labels, seed):
+    def __call__(self, labels, seed, features=None):
         return iid(labels, self.num_clients, seed)
 
 
@@ -161,14 +185,18 @@ class Centralized(PartitionConfig):
 
     num_clients: int = Field(1, ge=1, le=1)
 
-    def __call__(self, labels, seed):
+    def __call__(self, labels, seed, features=None):
         return [np.arange(len(labels))]
 
 
-def client_class_counts(labels: Sequence[int], shares: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """``[K, C]`` table of how many images of each class every client holds."""
+def client_class_counts(labels: np.ndarray, shares: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """``[K, C]`` table of how many images of each class every client holds (for multi-hot
+    labels ``[N, C]``: how many images contain each class)."""
     labels = np.asarray(labels)
     table = np.zeros((len(shares), num_classes), dtype=np.int64)
     for client, indices in enumerate(shares):
-        table[client] = np.bincount(labels[indices], minlength=num_classes)
+        if labels.ndim == 2:
+            table[client] = (labels[indices] == 1).sum(0)
+        else:
+            table[client] = np.bincount(labels[indices], minlength=num_classes)
     return table

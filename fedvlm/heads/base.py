@@ -22,6 +22,7 @@ from torch import nn
 
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.config import ComponentConfig
+from fedvlm.losses import asymmetric_loss
 
 
 class HeadConfig(ComponentConfig):
@@ -51,6 +52,14 @@ def slot_mean(values: torch.Tensor, slot: torch.Tensor, num_slots: int) -> torch
     counts = torch.zeros(num_slots, dtype=values.dtype, device=values.device).index_add(
         0, slot, torch.ones_like(values))
     return sums / counts.clamp(min=1)
+
+
+@dataclass
+class RoundContext:
+    round_index: int
+    global_shared: dict[str, torch.Tensor]  # the server's shared state sent this round
+    # shared parameters each client uploaded last round (what the server saw), by client id
+    previous_uploads: dict[int, dict[str, torch.Tensor]]
 
 
 class Head(nn.Module):
@@ -111,11 +120,19 @@ class Head(nn.Module):
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         """Per-slot loss ``[S]``: the mean loss of each client's samples (plus any regulariser)."""
-        per_sample = F.cross_entropy(self(batch), batch.labels, reduction="none")
-        return slot_mean(per_sample, batch.slot, self.num_slots)
+        return slot_mean(self.sample_loss(self(batch), batch.labels), batch.slot, self.num_slots)
 
-    def begin_round(self, global_shared: dict[str, torch.Tensor]) -> None:
-        """Hook: the server's shared state at the start of a round (e.g. for alignment terms)."""
+    def sample_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss ``[B]``: cross-entropy for class labels ``[B]``; for multi-label
+        targets ``[B, C]`` in {1, 0, -1} the Asymmetric Loss summed over classes (unknown labels
+        excluded), the loss FedMPT trains every method with."""
+        if labels.dim() == 1:
+            return F.cross_entropy(scores, labels, reduction="none")
+        return asymmetric_loss(scores, labels, reduction="none").sum(-1)
+
+    def begin_round(self, context: "RoundContext") -> None:
+        """Hook called before a rank trains its clients of a round (e.g. FedRSCLIP's alignment
+        term needs the shared prompts the server received last round)."""
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

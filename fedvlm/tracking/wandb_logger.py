@@ -43,12 +43,13 @@ class WandbLogger:
         if self.run is not None:
             self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v})
 
-    def log_client_accuracies(self, round_index: int, accuracies: np.ndarray) -> None:
+    def log_histogram(self, round_index: int, key: str, values: np.ndarray) -> None:
+        """Per-client values (one per client) as a histogram at this round."""
         if self.run is None:
             return
-        valid = accuracies[~np.isnan(accuracies)]
+        valid = values[~np.isnan(values)]
         if valid.size:
-            self.run.log({"round": round_index, "personalized/client_accuracy": self.wandb.Histogram(valid)})
+            self.run.log({"round": round_index, key: self.wandb.Histogram(valid)})
 
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
         if self.run is not None:

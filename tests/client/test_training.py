@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fedvlm.client.optim import SlotOptimizer
-from fedvlm.client.training import ClientTask, FeatureBatches, batch_schedule, train_pass
+from fedvlm.client.batches import FeatureBatches
+from fedvlm.client.training import ClientTask, batch_schedule, train_pass
 from fedvlm.config import OptimConfig
 from fedvlm.heads.coop import CoOpConfig, CoOpHead
 from fedvlm.server import ALGORITHMS
