@@ -61,6 +61,9 @@ class DataConfig(Section):
     split: list[float] | None = None
     shots: int | None = Field(None, gt=0)  # few-shot training set: this many images per class
     template: str | None = None  # zero-shot/prompt template with one '{}'; null = the dataset's
+    # Training augmentation with the feature cache: this many augmented views of every image are
+    # encoded once, and each training sample uses one of them (0: no augmentation).
+    augment_views: int = Field(0, ge=0)
     # Part annotation (FedMPT Mask%): this fraction of the training labels is hidden (unknown, not
     # negative). Multi-label datasets only.
     hidden_labels: float = Field(0.0, ge=0, lt=1)

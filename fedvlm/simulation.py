@@ -105,8 +105,9 @@ class ServerState:
         return params
 
     def server_model(self, federation: Federation) -> dict[str, torch.Tensor]:
-        """The global model: aggregated shared parameters, private ones at their initial value."""
-        return {**federation.initial, **self.global_shared}
+        """The global model: aggregated shared parameters, private ones at their initial value
+        (unless the head reads it otherwise, :meth:`Head.server_model`)."""
+        return federation.head.server_model(federation.initial, self.global_shared)
 
 
 def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None
@@ -129,12 +130,17 @@ def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np
 
 
 def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray,
-               features: torch.Tensor | None) -> list[np.ndarray]:
+               features: torch.Tensor | None, train_features: torch.Tensor | None = None) -> list[np.ndarray]:
     """Client shares of ``rows`` (dataset rows); ``features`` (pooled, same order as ``rows``)
-    for partitions that cluster images instead of reading labels."""
+    for partitions that cluster images instead of reading labels. ``train_features`` marks the
+    test split: it is shared out consistently with the train split those features belong to."""
     if config.algorithm.single_client:
         return [rows]
-    shares = config.partition(labels[rows], config.seed, features=features)
+    if train_features is None:
+        shares = config.partition(labels[rows], config.seed, features=features)
+    else:
+        shares = config.partition.split_test(labels[rows], config.seed, features=features,
+                                             train_features=train_features)
     return [rows[share] for share in shares]
 
 
@@ -166,11 +172,13 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
         mode=config.runtime.feature_cache, cache_dir=config.runtime.cache_dir,
         batch_size=config.runtime.extract_batch_size, num_workers=config.runtime.num_workers,
         device=fabric.device, rank=fabric.global_rank, world_size=fabric.world_size,
-        all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier)
+        all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier,
+        views=0 if head_class.needs_pixels else config.data.augment_views)
 
     train_features = features.pooled[torch.from_numpy(row_of[train])]
     train_shares = _partition(config, dataset.labels, train, train_features)
-    test_shares = _partition(config, dataset.labels, test, features.pooled[torch.from_numpy(row_of[test])])
+    test_shares = _partition(config, dataset.labels, test, features.pooled[torch.from_numpy(row_of[test])],
+                             train_features)
 
     labels = dataset.labels[used]
     train_labels = hide_labels(labels, row_of[train], config.data.hidden_labels, config.seed)
@@ -180,7 +188,7 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
                             torch.from_numpy(labels), fabric.device, as_tensor(train_labels))
     else:
         data = FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), fabric.device,
-                              as_tensor(train_labels))
+                              as_tensor(train_labels), features.view_pooled, features.view_patches)
     template = config.data.template or spec.template
     slots = num_slots(config, len(train_shares), fabric.world_size)
     head = head_class(config.head, backbone, dataset.classnames, template, num_slots=slots, seed=config.seed)
@@ -278,7 +286,8 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
     if federation.algorithm.aggregates and shared:
         # Only shared tensors are put into the updates: the server never sees a private one.
         updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}) for r in results]
-        state.uploads.update({u.client: u.shared for u in updates})
+        if federation.head.needs_previous_uploads:
+            state.uploads.update({u.client: u.shared for u in updates})
         state.global_shared = federation.algorithm.aggregate(state.global_shared, updates)
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
         state.communication["uploaded_bytes"] += message * len(results)

@@ -7,6 +7,10 @@
 * the disk cache ``<cache_dir>/features/<key>/`` (``.npy`` files read memory-mapped), else
 * the encoder, once, after which both caches are filled.
 
+Papers that train with augmentation can still use the cache: ``views`` precomputes that many
+augmented views of every image (random resized crop and flip, seeded by image and view), and
+training draws one view per sample per step (``data.augment_views``).
+
 The key hashes everything the features depend on: model name, weights (tag, or checkpoint path
 with size and modification time), precision, the preprocessing pipeline, the file list (paths,
 sizes, modification times) and whether patch tokens are included. Extraction is split over
@@ -38,8 +42,29 @@ from fedvlm.errors import DataError
 class FeatureTable:
     """Features of N images, row i for file i."""
 
-    pooled: torch.Tensor  # [N, D]
+    pooled: torch.Tensor  # [N, D] of the evaluation preprocessing (resize + centre crop)
     patches: torch.Tensor | None  # [N, M, D]
+    view_pooled: torch.Tensor | None = None  # [V, N, D] of V fixed augmented views (training)
+    view_patches: torch.Tensor | None = None  # [V, N, M, D]
+
+    @property
+    def num_views(self) -> int:
+        return 0 if self.view_pooled is None else self.view_pooled.shape[0]
+
+
+def augmentation(backbone: FrozenCLIP):
+    """The training augmentation of augmented views: random resized crop (scale 0.5-1) and
+    horizontal flip, as CoOp-style prompt learning trains, with the model's own normalisation."""
+    from torchvision import transforms
+
+    normalize = next(t for t in backbone.preprocess.transforms if isinstance(t, transforms.Normalize))
+    return transforms.Compose([
+        transforms.RandomResizedCrop(backbone.image_size, scale=(0.5, 1.0),
+                                     interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        normalize,
+    ])
 
 
 _MEMORY: dict[str, FeatureTable] = {}
@@ -49,9 +74,10 @@ def default_cache_dir(configured: str | None = None) -> Path:
     return Path(configured or os.environ.get("FEDVLM_CACHE") or Path.home() / ".cache" / "fedvlm")
 
 
-def cache_key(backbone: FrozenCLIP, paths: list[Path], patches: bool) -> str:
+def cache_key(backbone: FrozenCLIP, paths: list[Path], patches: bool, views: int = 0) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{backbone.identity()}|patches={patches}|v1".encode())
+    augment = f"|views={views}|{augmentation(backbone)}" if views else ""
+    digest.update(f"{backbone.identity()}|patches={patches}{augment}|v1".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -62,9 +88,13 @@ def cache_key(backbone: FrozenCLIP, paths: list[Path], patches: bool) -> str:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: list[Path], preprocess):
+    """Preprocessed images; with ``view`` > 0 the random augmentation is seeded by (image, view),
+    so augmented view v of an image is the same in every run and process."""
+
+    def __init__(self, paths: list[Path], preprocess, view: int = 0):
         self.paths = paths
         self.preprocess = preprocess
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -72,7 +102,8 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int):
         # Errors travel back as text: a worker's exception would arrive as a multi-line wrapper.
         try:
-            with Image.open(self.paths[index]) as image:
+            with Image.open(self.paths[index]) as image, torch.random.fork_rng():
+                torch.manual_seed(index * 1009 + self.view)
                 return self.preprocess(image.convert("RGB")), ""
         except Exception as error:  # corrupt, truncated or not an image
             return torch.zeros(0), f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -86,11 +117,24 @@ def _collate(items):
 @torch.no_grad()
 def extract(backbone: FrozenCLIP, paths: list[Path], patches: bool, batch_size: int = 64, num_workers: int = 0,
             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-            all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FeatureTable:
-    """Run the image encoder over ``paths``; batch b is computed by process ``b % world_size``."""
+            all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, views: int = 0) -> FeatureTable:
+    """Run the image encoder over ``paths`` (and ``views`` augmented views of each); batch b is
+    computed by process ``b % world_size``."""
+    table = _extract_pass(backbone, paths, patches, backbone.preprocess, 0, batch_size, num_workers, device, rank,
+                          world_size, all_reduce)
+    if views:
+        augmented = [_extract_pass(backbone, paths, patches, augmentation(backbone), v, batch_size, num_workers,
+                                   device, rank, world_size, all_reduce) for v in range(1, views + 1)]
+        table.view_pooled = torch.stack([t.pooled for t in augmented])
+        table.view_patches = torch.stack([t.patches for t in augmented]) if patches else None
+    return table
+
+
+def _extract_pass(backbone, paths, patches, preprocess, view, batch_size, num_workers, device, rank, world_size,
+                  all_reduce) -> FeatureTable:
     mine = [list(range(b, min(b + batch_size, len(paths)))) for b in range(0, len(paths), batch_size)]
     mine = mine[rank::world_size]  # batch b belongs to rank b % world_size
-    loader = DataLoader(_ImageFiles(paths, backbone.preprocess), batch_sampler=mine, num_workers=num_workers,
+    loader = DataLoader(_ImageFiles(paths, preprocess, view), batch_sampler=mine, num_workers=num_workers,
                         collate_fn=_collate)
     pooled = patch_tokens = None
     for rows, (pixels, errors) in zip(mine, loader):
@@ -124,15 +168,18 @@ def _probe_shapes(backbone: FrozenCLIP, patches: bool, device) -> tuple:
 
 def image_features(backbone: FrozenCLIP, paths: list[Path], patches: bool, mode: str = "memory",
                    cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
-                   device="cpu", rank: int = 0, world_size: int = 1, all_reduce=None, barrier=None) -> FeatureTable:
-    """Cached features of ``paths`` (see the module docstring). ``mode``: 'memory' or 'disk'."""
-    key = cache_key(backbone, paths, patches)
+                   device="cpu", rank: int = 0, world_size: int = 1, all_reduce=None, barrier=None,
+                   views: int = 0) -> FeatureTable:
+    """Cached features of ``paths`` (see the module docstring). ``mode``: 'memory' or 'disk';
+    ``views``: number of augmented views per image to precompute for training."""
+    key = cache_key(backbone, paths, patches, views)
     if key in _MEMORY:
         return _MEMORY[key]
     folder = default_cache_dir(str(cache_dir) if cache_dir else None) / "features" / key
-    table = _read(folder, patches) if mode == "disk" else None
+    table = _read(folder, patches, views) if mode == "disk" else None
     if table is None:
-        table = extract(backbone, paths, patches, batch_size, num_workers, device, rank, world_size, all_reduce)
+        table = extract(backbone, paths, patches, batch_size, num_workers, device, rank, world_size, all_reduce,
+                        views)
         if mode == "disk" and rank == 0:
             _write(folder, table, backbone, len(paths))
         if barrier is not None:
@@ -141,20 +188,24 @@ def image_features(backbone: FrozenCLIP, paths: list[Path], patches: bool, mode:
     return table
 
 
-def _read(folder: Path, patches: bool) -> FeatureTable | None:
-    if not (folder / "meta.json").exists() or (patches and not (folder / "patches.npy").exists()):
+_ARRAYS = ("pooled", "patches", "view_pooled", "view_patches")
+
+
+def _read(folder: Path, patches: bool, views: int) -> FeatureTable | None:
+    wanted = ["pooled"] + (["patches"] if patches else []) + (["view_pooled"] if views else []) + \
+        (["view_patches"] if views and patches else [])
+    if not (folder / "meta.json").exists() or not all((folder / f"{name}.npy").exists() for name in wanted):
         return None
-    pooled = torch.from_numpy(np.load(folder / "pooled.npy", mmap_mode="c"))
-    patch_tokens = torch.from_numpy(np.load(folder / "patches.npy", mmap_mode="c")) if patches else None
-    return FeatureTable(pooled, patch_tokens)
+    arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in wanted}
+    return FeatureTable(**{"patches": None, **arrays})
 
 
 def _write(folder: Path, table: FeatureTable, backbone: FrozenCLIP, count: int) -> None:
     temporary = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     temporary.mkdir(parents=True, exist_ok=True)
-    np.save(temporary / "pooled.npy", table.pooled.numpy())
-    if table.patches is not None:
-        np.save(temporary / "patches.npy", table.patches.numpy())
+    for name in _ARRAYS:
+        if getattr(table, name) is not None:
+            np.save(temporary / f"{name}.npy", getattr(table, name).numpy())
     (temporary / "meta.json").write_text(json.dumps({"model": backbone.name, "pretrained": backbone.pretrained,
                                                      "images": count}))
     if folder.exists():

@@ -37,8 +37,9 @@ class ClientResult:
     steps: int
 
 
-def client_generator(seed: int, round_index: int, client: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(round_index), int(client), 0x5EED])
+def client_generator(seed: int, round_index: int, client: int, stream: int = 0) -> np.random.Generator:
+    """The client's own random stream for a round (0: batch order, 1: augmented-view choice)."""
+    return np.random.default_rng([int(seed), int(round_index), int(client), 0x5EED, stream])
 
 
 def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int | None,
@@ -68,12 +69,15 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
     """
     assert len(tasks) <= head.num_slots
     device = next(iter(head.trainable().values())).device
+    head.begin_pass([task.client for task in tasks])
     for slot, task in enumerate(tasks):
         head.write_slot(slot, task.start)
         optimizer.write_slot(slot, task.optimizer_state)
     schedules = [batch_schedule(t.indices, batch_size, epochs, steps, client_generator(seed, round_index, t.client))
                  for t in tasks]
     num_steps = max((len(s) for s in schedules), default=0)
+    num_views = getattr(data, "num_views", 0)
+    view_streams = [client_generator(seed, round_index, t.client, stream=1) for t in tasks]
     losses = torch.zeros(head.num_slots, dtype=torch.float64)
     params = head.trainable()
     shared_names = head.shared_names()
@@ -85,7 +89,10 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
         active[live] = True
         rows = np.concatenate([schedules[slot][step] for slot in live])
         slots = np.concatenate([np.full(len(schedules[slot][step]), slot) for slot in live])
-        per_slot = head.training_loss(data.batch(rows, slots))  # [S]
+        # each sample sees one of the precomputed augmented views, drawn from its client's stream
+        views = np.concatenate([view_streams[slot].integers(num_views, size=len(schedules[slot][step]))
+                                for slot in live]) if num_views else None
+        per_slot = head.training_loss(data.batch(rows, slots, views=views))  # [S]
         if penalty is not None and global_shared is not None:
             extra = penalty({name: params[name] for name in shared_names}, global_shared)
             if extra is not None:

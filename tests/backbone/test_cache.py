@@ -71,3 +71,18 @@ def test_two_process_extraction_equals_one(tiny_backbone, paths):
     assert torch.equal(halves[0].pooled + halves[1].pooled, whole.pooled)
     assert torch.equal(halves[0].patches + halves[1].patches, whole.patches)
     assert np.count_nonzero(halves[0].pooled.abs().sum(1)) == 8  # rank 0 computed batches 0 and 2
+
+
+def test_augmented_views_are_fixed_distinct_and_cached(tiny_backbone, paths, tmp_path):
+    cache.clear_memory_cache()
+    first = cache.extract(tiny_backbone, paths[:6], patches=True, batch_size=4, views=2)
+    again = cache.extract(tiny_backbone, paths[:6], patches=True, batch_size=4, views=2)
+    assert first.view_pooled.shape == (2, 6, tiny_backbone.embed_dim) and first.view_patches.shape[:2] == (2, 6)
+    assert torch.equal(first.view_pooled, again.view_pooled)  # view v of an image is always the same crop
+    assert not torch.allclose(first.view_pooled[0], first.view_pooled[1])
+    assert not torch.allclose(first.view_pooled[0], first.pooled)
+    assert cache.cache_key(tiny_backbone, paths, False, views=2) != cache.cache_key(tiny_backbone, paths, False)
+    stored = cache.image_features(tiny_backbone, paths[:6], patches=False, mode="disk", cache_dir=tmp_path, views=2)
+    cache.clear_memory_cache()
+    loaded = cache.image_features(tiny_backbone, paths[:6], patches=False, mode="disk", cache_dir=tmp_path, views=2)
+    assert torch.equal(loaded.view_pooled, stored.view_pooled) and loaded.num_views == 2

@@ -12,12 +12,14 @@ from fedvlm.server import ALGORITHMS
 CLASSES = ["red field", "green forest", "blue lake"]
 
 
-def _data(backbone, n=40):
+def _data(backbone, n=40, views=0):
     g = torch.Generator().manual_seed(0)
-    return FeatureBatches(torch.randn(n, backbone.embed_dim, generator=g), None, torch.arange(n) % 3, "cpu")
+    view_pooled = torch.randn(views, n, backbone.embed_dim, generator=g) if views else None
+    return FeatureBatches(torch.randn(n, backbone.embed_dim, generator=g), None, torch.arange(n) % 3, "cpu",
+                          view_pooled=view_pooled)
 
 
-def _train(backbone, slots, algorithm="fedavg"):
+def _train(backbone, slots, algorithm="fedavg", views=0):
     head = CoOpHead(CoOpConfig(name="coop", n_ctx=4), backbone, CLASSES, "{}", num_slots=slots, seed=0)
     optimizer = SlotOptimizer(head.trainable(), OptimConfig(lr=0.05, batch_size=4))
     initial = head.read_slot(0)
@@ -26,14 +28,14 @@ def _train(backbone, slots, algorithm="fedavg"):
     results = []
     for first in range(0, 3, slots):
         tasks = [ClientTask(k, shares[k], initial, None) for k in range(first, min(first + slots, 3))]
-        results += train_pass(head, optimizer, tasks, _data(backbone), batch_size=4, epochs=1, steps=None,
+        results += train_pass(head, optimizer, tasks, _data(backbone, views=views), batch_size=4, epochs=1, steps=None,
                               lr=0.05, seed=7, round_index=2, penalty=algo.local_penalty, global_shared=initial)
     return {r.client: r for r in results}
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
-def test_batched_clients_equal_sequential_clients(tiny_backbone, algorithm):
-    sequential, batched = _train(tiny_backbone, 1, algorithm), _train(tiny_backbone, 3, algorithm)
+@pytest.mark.parametrize("algorithm,views", [("fedavg", 0), ("fedprox", 0), ("fedavg", 3)])
+def test_batched_clients_equal_sequential_clients(tiny_backbone, algorithm, views):
+    sequential, batched = _train(tiny_backbone, 1, algorithm, views), _train(tiny_backbone, 3, algorithm, views)
     for k in range(3):
         torch.testing.assert_close(batched[k].params["context"], sequential[k].params["context"], atol=1e-5, rtol=1e-5)
         assert batched[k].steps == sequential[k].steps
@@ -52,3 +54,8 @@ def test_batch_schedule_epochs_steps_and_determinism():
     assert all(np.array_equal(a, b) for a, b in zip(epochs, batch_schedule(indices, 4, 2, None, rng())))
     assert len(batch_schedule(indices, 4, 1, 7, rng())) == 7
     assert batch_schedule(np.array([], dtype=int), 4, 1, None, rng()) == []
+
+
+def test_augmented_views_change_training(tiny_backbone):
+    plain, augmented = _train(tiny_backbone, 3), _train(tiny_backbone, 3, views=3)
+    assert not torch.allclose(plain[0].params["context"], augmented[0].params["context"])
