@@ -1,0 +1,1 @@
+"""fedvlm benchmarks (``make bench``): speed and memory figures recorded in docs/BENCHMARKS.md."""

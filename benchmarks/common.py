@@ -1,0 +1,44 @@
+"""Shared helpers: a synthetic client population and timing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.client.batches import FeatureBatches
+from fedvlm.client.optim import SlotOptimizer
+from fedvlm.client.training import ClientTask, train_pass
+from fedvlm.config import OptimConfig
+from fedvlm.heads.coop import CoOpConfig, CoOpHead
+
+
+def classnames(count: int) -> list[str]:
+    words = ["airport", "beach", "bridge", "desert", "forest", "harbor", "island", "lake", "meadow", "river",
+             "runway", "stadium", "terrace", "wetland", "railway", "parking lot", "storage tank", "church",
+             "mountain", "palace"]
+    return [words[i % len(words)] + ("" if i < len(words) else f" {i}") for i in range(count)]
+
+
+def coop_round(backbone: FrozenCLIP, num_clients: int, slots: int, images_per_client: int, batch_size: int,
+               num_classes: int, steps: int | None = None) -> dict:
+    """One local round of CoOp for ``num_clients`` clients, ``slots`` at a time; returns timing."""
+    torch.manual_seed(0)
+    n = num_clients * images_per_client
+    data = FeatureBatches(torch.randn(n, backbone.embed_dim), None, torch.randint(0, num_classes, (n,)), "cpu")
+    head = CoOpHead(CoOpConfig(name="coop", n_ctx=4), backbone, classnames(num_classes), "a photo of a {}.",
+                    num_slots=slots)
+    optimizer = SlotOptimizer(head.trainable(), OptimConfig(batch_size=batch_size))
+    start = head.read_slot(0)
+    client_steps = 0
+    began = time.perf_counter()
+    for first in range(0, num_clients, slots):
+        tasks = [ClientTask(k, np.arange(k * images_per_client, (k + 1) * images_per_client), start, None)
+                 for k in range(first, min(first + slots, num_clients))]
+        results = train_pass(head, optimizer, tasks, data, batch_size=batch_size, epochs=1, steps=steps, lr=0.01,
+                             seed=0, round_index=0)
+        client_steps += sum(r.steps for r in results)
+    seconds = time.perf_counter() - began
+    return {"client_steps": client_steps, "seconds": seconds, "client_steps_per_s": client_steps / seconds}

@@ -1,0 +1,232 @@
+"""``make bench``: measure fedvlm's speed and memory goals and write docs/BENCHMARKS.md.
+
+    python -m benchmarks.run [--quick] [--only NAME ...] [--out docs/BENCHMARKS.md]
+
+Every figure is measured in this one run on this machine, and reported as a ratio where the goal
+is a ratio (issue 7):
+
+* client batching: CoOp client-steps per second, clients stacked in one forward vs one by one,
+  at 10, 50 and 100 clients, on the tiny model and on full-size ViT-B-16 (random weights);
+* feature cache: one local epoch with cached image features vs the image encoder in the loop;
+* batched Sinkhorn: one call for the whole batch x classes vs a loop of POT calls, same plans;
+* processes: the same federated experiment on 2 processes vs 1 (gloo on CPU);
+* memory: peak memory per stacked client and the clients that fit in 20 GiB (tiny model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fedvlm  # noqa: F401  (torchvision compat before open_clip)
+from benchmarks.common import classnames, coop_round
+from fedvlm.backbone.clip import FrozenCLIP
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ benchmarks
+
+
+def client_batching(quick: bool) -> list[dict]:
+    rows = []
+    models = [("fedvlm-tiny", (10, 50, 100), 10)] + ([] if quick else [("ViT-B-16", (10, 50), 10)])
+    for name, counts, num_classes in models:
+        backbone = FrozenCLIP.load(name, None)
+        for clients in counts:
+            # ViT-B-16 on a CPU: one local step per client keeps the run short
+            steps = 1 if name == "ViT-B-16" else None
+            sequential = coop_round(backbone, clients, 1, 32, 8, num_classes, steps)
+            batched = coop_round(backbone, clients, clients, 32, 8, num_classes, steps)
+            rows.append({"model": name, "clients": clients, "classes": num_classes,
+                         "sequential_steps_per_s": sequential["client_steps_per_s"],
+                         "batched_steps_per_s": batched["client_steps_per_s"],
+                         "speedup": batched["client_steps_per_s"] / sequential["client_steps_per_s"]})
+    return rows
+
+
+def feature_cache(quick: bool) -> list[dict]:
+    """One local epoch of CoOp (32 images, batch 8): pooled features from the cache vs the image
+    encoder run on every batch (what published prompt-learning code does)."""
+    from fedvlm.client.batches import FeatureBatches
+    from fedvlm.client.optim import SlotOptimizer
+    from fedvlm.config import OptimConfig
+    from fedvlm.heads.base import Batch
+    from fedvlm.heads.coop import CoOpConfig, CoOpHead
+
+    rows = []
+    for name in ["fedvlm-tiny"] + ([] if quick else ["ViT-B-16"]):
+        backbone = FrozenCLIP.load(name, None)
+        size, images, batch_size, num_classes = backbone.image_size, 32, 8, 10
+        pixels = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
+        labels = torch.arange(images) % num_classes
+        head = CoOpHead(CoOpConfig(name="coop"), backbone, classnames(num_classes), "a photo of a {}.")
+        optimizer = SlotOptimizer(head.trainable(), OptimConfig())
+        params = head.trainable()
+
+        def step(image_features, batch_labels):
+            batch = Batch(labels=batch_labels, slot=torch.zeros(len(batch_labels), dtype=torch.long),
+                          image=image_features)
+            grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
+            optimizer.step(dict(zip(params, grads)), torch.full((1,), 0.001), torch.ones(1, dtype=torch.bool))
+
+        began = time.perf_counter()
+        for start in range(0, images, batch_size):
+            step(backbone.encode_images(pixels[start : start + batch_size]).pooled, labels[start : start + batch_size])
+        in_loop = time.perf_counter() - began
+
+        cached = FeatureBatches(backbone.encode_images(pixels).pooled, None, labels, "cpu")  # computed once
+        began = time.perf_counter()
+        for start in range(0, images, batch_size):
+            rows_ = np.arange(start, min(start + batch_size, images))
+            batch = cached.batch(rows_, np.zeros(len(rows_), dtype=np.int64))
+            step(batch.image, batch.labels)
+        with_cache = time.perf_counter() - began
+        rows.append({"model": name, "images": images, "encoder_in_loop_s": in_loop, "cached_s": with_cache,
+                     "speedup": in_loop / with_cache})
+    return rows
+
+
+def batched_sinkhorn(quick: bool) -> list[dict]:
+    """FedOTP-sized problems: B images x C classes, each M patches x N prompts."""
+    import ot
+
+    from fedvlm.ot import sinkhorn
+
+    rows = []
+    for batch, classes, patches, prompts in [(8, 10, 49, 2)] + ([] if quick else [(32, 45, 196, 4)]):
+        generator = torch.Generator().manual_seed(0)
+        cost = torch.rand(batch, classes, patches, prompts, generator=generator, dtype=torch.float64)
+        a = torch.full((patches,), 1 / patches, dtype=torch.float64)
+        b = torch.full((prompts,), 1 / prompts, dtype=torch.float64)
+        eps, iterations = 0.1, 100
+        began = time.perf_counter()
+        ours = sinkhorn(cost, eps=eps, max_iter=iterations, tol=1e-9)
+        ours_s = time.perf_counter() - began
+        began = time.perf_counter()
+        reference = torch.stack([torch.stack([ot.sinkhorn(a, b, cost[i, c], eps, numItermax=1000, stopThr=1e-9)
+                                              for c in range(classes)]) for i in range(batch)])
+        pot_s = time.perf_counter() - began
+        rows.append({"problems": f"{batch}x{classes} of {patches}x{prompts}", "batched_s": ours_s, "pot_loop_s": pot_s,
+                     "speedup": pot_s / ours_s, "max_plan_difference": float((ours - reference).abs().max())})
+    return rows
+
+
+def processes(quick: bool) -> list[dict]:
+    """The same experiment (synthetic scenes, tiny CLIP, CoOp + FedAvg) on 1 and 2 processes."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "data"
+        _write_scenes(data, classes=10, per_class=60)
+        timings = {}
+        for devices in (1, 2):
+            command = [sys.executable, "-m", "fedvlm", "run", str(ROOT / "experiments" / "bench_processes.yaml"),
+                       f"data.root={data}", f"logging.results_dir={folder}/results", f"runtime.devices={devices}",
+                       f"name=bench_{devices}", "logging.wandb=disabled", "logging.progress=false",
+                       f"federation.rounds={2 if quick else 5}"]
+            began = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env={**os.environ, "FEDVLM_CACHE": f"{folder}/cache"})
+            timings[devices] = time.perf_counter() - began
+            summary = json.loads(next((Path(folder) / "results" / f"bench_{devices}").glob("*/summary.json")).read_text())
+            timings[f"loop_{devices}"] = summary["wall_time_s"]
+        rows.append({"processes": "1 vs 2", "wall_1_s": timings[1], "wall_2_s": timings[2],
+                     "speedup": timings[1] / timings[2], "scaling_efficiency": timings[1] / timings[2] / 2})
+    return rows
+
+
+def memory(quick: bool) -> list[dict]:
+    """Peak resident memory of one CoOp round with S clients stacked, in fresh processes."""
+    peaks = {}
+    for clients in (64, 256) if quick else (128, 256, 512):
+        code = ("import fedvlm, resource, torch; from benchmarks.common import coop_round; "
+                "from fedvlm.backbone.clip import FrozenCLIP; b = FrozenCLIP.load('fedvlm-tiny', None); "
+                "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+                f"coop_round(b, {clients}, {clients}, 32, 8, 10, steps=2); "
+                "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+        base, peak = map(int, output.stdout.split()[-2:])
+        peaks[clients] = (base * 1024, peak * 1024)
+    counts = sorted(peaks)
+    per_client = (peaks[counts[-1]][1] - peaks[counts[0]][1]) / (counts[-1] - counts[0])
+    fixed = peaks[counts[0]][1] - per_client * counts[0]
+    fits = int((20 * 2**30 - fixed) / per_client) if per_client > 0 else None
+    return [{"clients": k, "peak_MiB": peaks[k][1] / 2**20} for k in counts] + \
+        [{"clients": "per stacked client", "peak_MiB": per_client / 2**20, "fit_in_20GiB": fits}]
+
+
+def _write_scenes(root: Path, classes: int, per_class: int) -> None:
+    """A colour-and-texture ImageFolder (enough to time the loop; the accuracy is not the point)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / "synthetic_scenes" / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = rng.integers(0, 255, 3)
+        for i in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
+              "processes": processes, "memory": memory}
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), GPU: {gpu}, Python {platform.python_version()}")
+
+
+def _table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run of every benchmark)")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    results = {}
+    for name in args.only or list(BENCHMARKS):
+        began = time.perf_counter()
+        print(f"[bench] {name} ...", flush=True)
+        results[name] = BENCHMARKS[name](args.quick)
+        print(_table(results[name]), f"\n({time.perf_counter() - began:.0f} s)", flush=True)
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + \
+        (f" --only {' '.join(args.only)}" if args.only else "")
+    text = [f"# Benchmarks\n\nMeasured {time.strftime('%Y-%m-%d')} with `{command}` (`make bench`).\n",
+            f"Machine: {_machine()}.\n"]
+    text += [f"## {name}\n\n{(BENCHMARKS[name].__doc__ or '').strip()}\n\n{_table(rows)}\n" for name, rows in results.items()]
+    Path(args.out).write_text("\n".join(text))
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
