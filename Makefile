@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NAME   ?= demo
 ARGS   ?=
 
-.PHONY: install demo test exp describe bench report pretrain-tiny clean
+.PHONY: install demo test exp describe bench report notebooks sync pretrain-tiny clean
 
 install: $(STAMP)
 
@@ -28,5 +28,24 @@ test: install
 exp: install
 	$(PY) -m fedvlm run experiments/$(NAME).yaml $(ARGS)
 
+# Speed and memory figures -> docs/BENCHMARKS.md (ARGS="--quick" for a smoke run)
+bench: install
+	$(PY) -m benchmarks.run $(ARGS)
+
 clean:
 	rm -rf $(VENV) results .cache
+
+# Analysis: `make report` writes tables and plots of every finished run under RESULTS_DIR
+# (docs/REPORT.md); `make notebooks` executes notebooks/*.ipynb on it; `make sync` uploads
+# the offline W&B runs (needs network and a W&B login).
+RESULTS_DIR ?= results
+REPORT_DIR  ?= $(RESULTS_DIR)/report
+
+report: install
+	$(PY) -m fedvlm report $(RESULTS_DIR) --out $(REPORT_DIR)
+
+notebooks: install
+	$(PY) -m fedvlm.report.notebooks $(RESULTS_DIR) --out $(REPORT_DIR)/notebooks
+
+sync: install
+	$(PY) -m fedvlm sync $(RESULTS_DIR)

@@ -1,4 +1,4 @@
-"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny``.
+"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync``.
 
 Mistakes in what the user asked for (:class:`~fedvlm.errors.UserError`) print one line,
 ``error: <key or file>: <what is wrong and what is expected>``, and exit with status 2, no
@@ -29,6 +29,21 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the offline demo: synthetic world, tiny CLIP, zero-shot vs federated CoOp")
     demo.add_argument("overrides", nargs="*", help="overrides applied to experiments/demo.yaml")
+
+    report = commands.add_parser("report", help="comparison tables (methods x settings, mean ± std over seeds) and "
+                                                "plots of finished runs: fedvlm report results/")
+    report.add_argument("results", nargs="+", help="results directories or run folders, e.g. results/")
+    report.add_argument("--out", help="output folder (default: <first results directory>/report)")
+    report.add_argument("--wandb", action="append", metavar="ENTITY/PROJECT",
+                        help="also read the finished runs of this W&B project (needs network and a login)")
+    report.add_argument("--no-plots", action="store_true", help="write the tables only (faster)")
+
+    sync = commands.add_parser("sync", help="upload the offline W&B runs under results directories (wandb sync)")
+    sync.add_argument("results", nargs="+", help="results directories or run folders, e.g. results/")
+    sync.add_argument("--project", help="W&B project to upload to (default: the one each run logged)")
+    sync.add_argument("--entity", help="W&B entity (default: your default entity)")
+    sync.add_argument("--include-synced", action="store_true", help="upload runs that were uploaded before again")
+    sync.add_argument("--dry-run", action="store_true", help="list the runs that would be uploaded; upload nothing")
     return parser
 
 
@@ -44,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.overrides)
             return 0
+        if args.command == "report":
+            return _report(args)
+        if args.command == "sync":
+            return _sync(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -86,6 +105,31 @@ def _describe(args) -> int:
     config = load_configs(args.config, args.overrides)[0]  # counts do not depend on swept values
     counts = describe(config)
     print(json.dumps(counts, indent=2) if args.json else format_description(counts))
+    return 0
+
+
+def _report(args) -> int:
+    from fedvlm.report import build_report
+
+    report = build_report(args.results, args.out, wandb_paths=args.wandb, plots_too=not args.no_plots)
+    tables = sum(1 for f in report.files if f.name == "table.md")
+    images = sum(1 for f in report.files if f.suffix == ".png")
+    print(f"report: {len(report.comparisons)} comparisons, {tables} tables, {images} plots in {report.out}")
+    print(f"open {report.index}")
+    if report.unfinished:
+        print(f"left out {len(report.unfinished)} unfinished runs (no summary.json)")
+    return 0
+
+
+def _sync(args) -> int:
+    from fedvlm.report.wandb_runs import sync_offline_runs
+
+    runs = sync_offline_runs(args.results, project=args.project, entity=args.entity,
+                             include_synced=args.include_synced, dry_run=args.dry_run)
+    if not runs:
+        print("sync: no offline W&B runs to upload (already uploaded ones are skipped; --include-synced to redo)")
+    for run in runs:
+        print(f"{'would upload' if args.dry_run else 'uploaded'} {run}")
     return 0
 
 

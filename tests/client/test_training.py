@@ -59,3 +59,18 @@ def test_batch_schedule_epochs_steps_and_determinism():
 def test_augmented_views_change_training(tiny_backbone):
     plain, augmented = _train(tiny_backbone, 3), _train(tiny_backbone, 3, views=3)
     assert not torch.allclose(plain[0].params["context"], augmented[0].params["context"])
+
+
+def test_fedprox_pulls_clients_towards_the_global_prompt(tiny_backbone):
+    """With a strong proximal term the clients end nearer the round's starting (global) prompt."""
+    head = CoOpHead(CoOpConfig(name="coop", n_ctx=4), tiny_backbone, CLASSES, "{}", num_slots=1, seed=0)
+    start = head.read_slot(0)
+    distances = {}
+    for mu in (0.0, 50.0):
+        prox = ALGORITHMS.get("fedprox").model_validate({"name": "fedprox", "mu": mu})
+        optimizer = SlotOptimizer(head.trainable(), OptimConfig(lr=0.05, batch_size=4))
+        (result,) = train_pass(head, optimizer, [ClientTask(0, np.arange(0, 40), start, None)],
+                               _data(tiny_backbone), batch_size=4, epochs=2, steps=None, lr=0.05, seed=7,
+                               round_index=0, penalty=prox.local_penalty, global_shared=start)
+        distances[mu] = float((result.params["context"] - start["context"]).norm())
+    assert 0 < distances[50.0] < 0.5 * distances[0.0]
