@@ -32,6 +32,11 @@ exp: install
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
 
+# Re-make the tiny CLIP shipped in fedvlm/backbone/checkpoints (docs/SYNTHETIC_WORLD.md;
+# ARGS="--out other.safetensors" to keep the shipped one)
+pretrain-tiny: install
+	$(PY) -m fedvlm pretrain-tiny $(ARGS)
+
 clean:
 	rm -rf $(VENV) results .cache
 

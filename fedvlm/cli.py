@@ -30,6 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the offline demo: synthetic world, tiny CLIP, zero-shot vs federated CoOp")
     demo.add_argument("overrides", nargs="*", help="overrides applied to experiments/demo.yaml")
 
+    generate = commands.add_parser("generate", help="write the synthetic remote-sensing world in real dataset layouts")
+    generate.add_argument("out", help="data root to write into, e.g. data/")
+    generate.add_argument("--layouts", default="imagefolder,voc2007,coco,captions,multispectral",
+                          help="comma-separated: imagefolder, voc2007, coco, rsicd, rsitmd, eurosat, bigearthnet, "
+                               "captions (rsicd+rsitmd), multispectral (eurosat+bigearthnet)")
+    generate.add_argument("--num-images", type=int, default=1000)
+    generate.add_argument("--seed", type=int, default=0, help="world seed (downstream seeds below 1,000,000)")
+    generate.add_argument("--num-styles", type=int, default=4, help="client styles (sensor, haze, blur, noise); 0 = none")
+    generate.add_argument("--size", type=int, default=64, help="image side in pixels")
+    generate.add_argument("--overwrite", action="store_true", help="replace layouts that already exist")
+
+    commands.add_parser("pretrain-tiny", add_help=False,
+                        help="pretrain the tiny CLIP on the synthetic world (fedvlm pretrain-tiny --help)")
+
     report = commands.add_parser("report", help="comparison tables (methods x settings, mean ± std over seeds) and "
                                                 "plots of finished runs: fedvlm report results/")
     report.add_argument("results", nargs="+", help="results directories or run folders, e.g. results/")
@@ -48,28 +62,46 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "describe":
-            return _describe(args)
-        if args.command == "demo":
-            from fedvlm.demo import run_demo
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain-tiny"]:  # its own options: python -m fedvlm.backbone.pretrain_tiny --help
+        from fedvlm.backbone.pretrain_tiny import main as pretrain_main
 
-            run_demo(args.overrides)
-            return 0
-        if args.command == "report":
-            return _report(args)
-        if args.command == "sync":
-            return _sync(args)
+        return _guarded(lambda: pretrain_main(argv[1:]))
+    args = _parser().parse_args(argv)
+    return _guarded(lambda: _dispatch(args))
+
+
+def _guarded(command) -> int:
+    try:
+        return command()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with resume=true", file=sys.stderr)
         return 130
-    return 1
+
+
+def _dispatch(args) -> int:
+    commands = {"run": _run, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
+                "sync": _sync}
+    return commands[args.command](args)
+
+
+def _demo(args) -> int:
+    from fedvlm.demo import run_demo
+
+    run_demo(args.overrides)
+    return 0
+
+
+def _generate(args) -> int:
+    from fedvlm.data.synthetic import generate_dataset
+
+    summary = generate_dataset(args.out, layouts=args.layouts.split(","), num_images=args.num_images,
+                               seed=args.seed, num_styles=args.num_styles, size=args.size, overwrite=args.overwrite)
+    print(f"wrote {args.num_images} scenes to {args.out}: {', '.join(summary.get('layouts', []))}")
+    return 0
 
 
 def _run(args) -> int:

@@ -80,6 +80,22 @@ def weights_identity(pretrained: str | None) -> str:
     return f"tag:{pretrained}"
 
 
+# fedvlm's own weight tags: name -> (model it belongs to, function returning the checkpoint path)
+FEDVLM_TAGS = {"synthetic": "fedvlm-tiny"}
+
+
+def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
+    """Turn fedvlm's own tags into checkpoint paths: ``synthetic`` is the tiny CLIP pretrained on
+    the synthetic world (shipped in fedvlm/backbone/checkpoints, see docs/SYNTHETIC_WORLD.md)."""
+    if pretrained not in FEDVLM_TAGS:
+        return pretrained
+    if name != FEDVLM_TAGS[pretrained]:
+        raise ConfigError(f"model.pretrained: {pretrained!r} holds weights of {FEDVLM_TAGS[pretrained]}, not {name}")
+    from fedvlm.backbone.pretrain_tiny import tiny_checkpoint_path
+
+    return str(tiny_checkpoint_path())
+
+
 def create_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu"):
     """``(model, preprocess)`` for an open_clip model name and a tag, checkpoint path or None.
 
@@ -97,7 +113,7 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
         raise ConfigError(f"model.pretrained: checkpoint file {pretrained} does not exist; expected a local open_clip "
                           "checkpoint (.pt, .bin or .safetensors) or an open_clip tag such as 'openai'")
     if pretrained is not None and not is_path:
-        tags = open_clip.list_pretrained_tags_by_model(name)
+        tags = open_clip.list_pretrained_tags_by_model(name) + [t for t, m in FEDVLM_TAGS.items() if m == name]
         if pretrained not in tags:
             raise ConfigError(f"model.pretrained: {pretrained!r} is not an open_clip tag of {name}; expected one of "
                               f"{', '.join(tags) or '(none: give a checkpoint path)'}, a checkpoint path, or null")
@@ -174,6 +190,7 @@ class FrozenCLIP(nn.Module):
 
     @classmethod
     def load(cls, name: str, pretrained: str | None, precision: str = "fp32", device="cpu") -> "FrozenCLIP":
+        pretrained = resolve_pretrained(name, pretrained)
         model, preprocess = create_clip(name, pretrained, device=device)
         return cls(model, preprocess, name, pretrained, precision)
 
