@@ -101,6 +101,7 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
         grads = torch.autograd.grad(per_slot.sum(), list(params.values()), allow_unused=True)
         grads = {name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(params.items(), grads)}
         optimizer.step(grads, rates, active)
+        head.after_step(active)
         losses += per_slot.detach().double().cpu()
     head.eval()
     results = []

@@ -69,6 +69,14 @@ class Head(nn.Module):
     private: tuple[str, ...] = ()  # names of parameters that never leave the client
     needs_patches: bool = False  # batches must carry patch tokens
     needs_pixels: bool = False  # the head runs the image encoder itself (no feature cache)
+    # begin_round's context.previous_uploads is filled only for heads that read it (FedRSCLIP's
+    # DPAC): keeping every client's upload costs K copies of the shared state (86 M x K for the
+    # full-model baseline).
+    needs_previous_uploads: bool = False
+    # What ``forward`` returns at evaluation, matched against the task's ``expects``: "scores"
+    # ([B, C] class scores) or "embeddings" (retrieval heads: [B, 1 + K, D], an image and its
+    # K captions, see fedvlm.heads.retrieval).
+    output_kind: str = "scores"
 
     def __init__(self, config: HeadConfig, backbone: FrozenCLIP, classnames: list[str], template: str,
                  num_slots: int = 1, seed: int = 0):
@@ -133,6 +141,33 @@ class Head(nn.Module):
     def begin_round(self, context: "RoundContext") -> None:
         """Hook called before a rank trains its clients of a round (e.g. FedRSCLIP's alignment
         term needs the shared prompts the server received last round)."""
+
+    def begin_pass(self, clients: list[int]) -> None:
+        """Hook called when clients are loaded into slots for training: ``clients[s]`` is the id
+        of the client in slot s (e.g. FedRSCLIP's DPAC leaves the client's own upload out)."""
+
+    def after_step(self, active: torch.Tensor) -> None:
+        """Hook called after every optimizer step of local training; ``active [S]`` marks the
+        slots that stepped (e.g. RDB's EMA teacher follows its slot's parameters)."""
+
+    def output_shape(self, data) -> tuple[int, ...]:
+        """The shape of one row of the evaluation table (what ``forward`` returns per sample)."""
+        return (len(self.classnames),)
+
+    @classmethod
+    def batch_source(cls, data, dataset, rows, backbone, config, fabric):
+        """The batch source this head trains and is evaluated on. ``data`` serves the run's image
+        rows (cached features, or pixels for ``needs_pixels`` heads); ``rows`` are their dataset
+        rows. A head that reads more than images wraps it here (retrieval heads add each image's
+        captions, the multispectral student its bands)."""
+        return data
+
+    def server_model(self, initial: dict[str, torch.Tensor], global_shared: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+        """The parameters the server model is evaluated with: the aggregated shared parameters
+        and the private ones at their initial value. A head whose paper reads the global model
+        differently overrides this (e.g. FedOTP's ``global_model: global_only``)."""
+        return {**initial, **global_shared}
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
