@@ -148,6 +148,13 @@ class PartitionConfig(ComponentConfig):
     def __call__(self, labels: Sequence[int], seed: int, features=None) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def split_test(self, labels: Sequence[int], seed: int, features=None, train_features=None) -> list[np.ndarray]:
+        """Client shares of the test split (every client is also evaluated on its own share).
+        Default: the same partition with the same seed, which gives each client the class
+        proportions it trains on. ``train_features`` are the features the train split was
+        partitioned with (partitions of image features assign test images to its clusters)."""
+        return self(labels, seed, features=features)
+
     def clients(self) -> int:
         return self.num_clients
 
