@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -24,7 +25,11 @@ from fedvlm.errors import ConfigError
 
 
 def new_run_id(seed: int) -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-s{seed}-{os.getpid() % 10000:04d}"
+    """Timestamp, seed and a random tag: runs started in the same second by one process (a sweep) stay apart.
+
+    The tag comes from the OS entropy pool, never from the seeded generators, so it changes no result.
+    """
+    return time.strftime("%Y%m%d-%H%M%S") + f"-s{seed}-{secrets.token_hex(3)}"
 
 
 def _json_safe(value):
@@ -60,7 +65,8 @@ class RunFolder:
     @classmethod
     def create(cls, results_dir: str | Path, experiment: str, run_id: str) -> "RunFolder":
         folder = cls(Path(results_dir) / experiment / run_id)
-        (folder.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        folder.path.mkdir(parents=True, exist_ok=False)  # never write into another run's folder
+        (folder.path / "checkpoints").mkdir()
         return folder
 
     @classmethod
