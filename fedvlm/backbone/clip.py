@@ -9,7 +9,10 @@ none. It exposes exactly what prompt and adapter heads need:
   ``ln_post`` but unprojected; we multiply by ``visual.proj`` as the pooled path does);
 * ``token_embeddings(token_ids) -> [N, L, d_t]`` and ``encode_token_embeddings(embeddings,
   eot_positions) -> [N, D]``: the text tower fed with token *embeddings*, so learnable context
-  vectors can be spliced in (CoOp). Equal to ``encode_text`` when the embeddings are the real ones.
+  vectors can be spliced in (CoOp). Equal to ``encode_text`` when the embeddings are the real ones;
+* deep prompts (MaPLe, OTDPP): ``encode_deep_prompted_text`` replaces the prompt positions before
+  each of the first J text blocks, ``encode_prompted_images`` appends per-sample prompt tokens to
+  the patch sequence and replaces them before each of the first J vision blocks (with gradients).
 
 Encoders stay in eval mode with ``requires_grad=False``; gradients flow *through* the text tower
 to spliced-in prompts, never into it.
@@ -277,6 +280,82 @@ class FrozenCLIP(nn.Module):
                 x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return x.float()
 
+    def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
+                                  layer_prompts: torch.Tensor | None = None,
+                                  prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features with prompts injected into the first J blocks (MaPLe; OTDPP Sec. 3.4).
+
+        ``embeddings [N, L, d_t]`` already carry the first block's prompts (spliced in as for
+        :meth:`encode_token_embeddings`). Before block j (1 <= j < J) the tokens at the prompt
+        positions are *replaced* by ``layer_prompts[:, j - 1]`` (``[N, J - 1, P, d_t]``): the
+        previous block's outputs at those positions are discarded, as in MaPLe
+        (REFERENCE-NOTES item 6). ``prompt_index [N, L]`` says which prompt token sits at each
+        position (-1: a frozen token), like ``PromptLayout.context_index``. Blocks run
+        batch-first, as open_clip 3.x builds them (REFERENCE-NOTES item 5). With no layer
+        prompts this is :meth:`encode_token_embeddings`. -> ``[N, D]``.
+        """
+        tower = self.text_tower
+        length = embeddings.shape[1]
+        if self.can_trim_text:
+            length = int(eot_positions.max()) + 1
+            embeddings = embeddings[:, :length]
+            prompt_index = prompt_index[:, :length] if prompt_index is not None else None
+        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
+        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+        mask = getattr(tower, "attn_mask", None)
+        if mask is not None:
+            mask = mask[:length, :length]
+        depth = 1 + (layer_prompts.shape[1] if layer_prompts is not None else 0)
+        if depth > 1:
+            is_prompt = prompt_index.ge(0).unsqueeze(-1)  # [N, L, 1]
+            gather_index = prompt_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [N, L, d_t]
+        batch_first = getattr(tower.transformer, "batch_first", True)
+        with self._autocast(x.device):
+            for j, block in enumerate(tower.transformer.resblocks):
+                if 1 <= j < depth:
+                    injected = torch.gather(layer_prompts[:, j - 1].to(x.dtype), 1, gather_index)
+                    x = torch.where(is_prompt, injected, x)
+                x = _run_block(block, x, mask, batch_first)
+            x = tower.ln_final(x)
+            x = x[torch.arange(x.shape[0], device=x.device), eot_positions.to(x.device)]
+            projection = tower.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return x.float()
+
+    def encode_prompted_images(self, pixels: torch.Tensor, prompts: torch.Tensor | None = None) -> ImageFeatures:
+        """Image features with prompt tokens in the first J blocks of the vision transformer, with
+        gradients (MaPLe's vision branch; OTDPP Eq. 5).
+
+        ``pixels [B, 3, H, W]``; ``prompts [B, J, P, d_v]`` (each sample its own, e.g. its
+        client's). ``prompts[:, 0]`` is appended after the positional embedding, before
+        ``ln_pre``; before block j (1 <= j < J) the last P tokens are replaced by
+        ``prompts[:, j]``. The prompt tokens are dropped before pooling, so the patch tokens are
+        the image's own M. -> pooled ``[B, D]`` and projected patch tokens ``[B, M, D]``. With no
+        prompts (None or P = 0) this equals :meth:`encode_images` (with gradients).
+        """
+        visual = self.model.visual
+        if not self.has_patch_tokens:
+            raise ConfigError(f"model.name: {self.name} has no ViT image tower; deep visual prompts need one")
+        count = prompts.shape[2] if prompts is not None else 0
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        with self._autocast(pixels.device):
+            x = visual._embeds(pixels)  # patches + class token + positions, then ln_pre (per token)
+            if count:
+                # ln_pre normalises each token on its own, so appending after it equals MaPLe's
+                # appending before it.
+                x = torch.cat([x, visual.ln_pre(prompts[:, 0].to(x.dtype))], dim=1)
+            for j, block in enumerate(visual.transformer.resblocks):
+                if count and 1 <= j < prompts.shape[1]:
+                    x = torch.cat([x[:, :-count], prompts[:, j].to(x.dtype)], dim=1)
+                x = _run_block(block, x, None, batch_first)
+            if count:
+                x = x[:, :-count]
+            pooled, tokens = visual._pool(x)
+            if visual.proj is not None:
+                pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
+        return ImageFeatures(pooled.float(), tokens.float())
+
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Fixed texts -> ``[N, D]`` (class names of zero-shot heads, captions)."""
@@ -287,6 +366,30 @@ class FrozenCLIP(nn.Module):
             outputs.append(self.encode_token_embeddings(self.token_embeddings(ids), self.eot_positions(ids)))
         return torch.cat(outputs) if outputs else torch.zeros(0, self.embed_dim)
 
+    @torch.no_grad()
+    def encode_text_tokens(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's output of the text tower, projected into the joint space: ``token_ids
+        [N, L]`` -> (``[N, L', D]``, ``eot [N]``) with L' cut after the longest EOT. Row
+        ``eot[n]`` of caption n is its ``encode_text`` feature; the rows before it are the word
+        features that token-level adapters read (RDB's Text Semantic Adapter). Positions after a
+        caption's EOT are padding (the causal mask keeps them from changing anything before)."""
+        tower = self.text_tower
+        device = tower.token_embedding.weight.device
+        token_ids = token_ids.to(device)
+        eot = self.eot_positions(token_ids)
+        length = int(eot.max()) + 1 if self.can_trim_text else token_ids.shape[1]
+        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else torch.float32
+        x = self.token_embeddings(token_ids[:, :length]).to(cast) + tower.positional_embedding[:length].to(cast)
+        mask = getattr(tower, "attn_mask", None)
+        if mask is not None:
+            mask = mask[:length, :length]
+        with self._autocast(x.device):
+            x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+            projection = tower.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return x.float(), eot
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
@@ -294,3 +397,10 @@ class FrozenCLIP(nn.Module):
 def _image_size(visual: nn.Module) -> int:
     size = getattr(visual, "image_size", 224)
     return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, batch_first: bool) -> torch.Tensor:
+    """One open_clip residual attention block on a batch-first ``x [N, L, d]``."""
+    if batch_first:
+        return block(x, attn_mask=mask)
+    return block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)

@@ -3,5 +3,6 @@
 from fedvlm.heads.base import Batch, Head, HeadConfig, slot_mean
 from fedvlm.heads.registry import HEADS
 from fedvlm.heads import coop, zeroshot  # noqa: F401  (registration)
+from fedvlm.heads import fedotp, fedpgp, fedrsclip, full_model, maple, otdpp  # noqa: F401  (registration)
 
 __all__ = ["HEADS", "Head", "HeadConfig", "Batch", "slot_mean"]

@@ -79,6 +79,20 @@ class PromptLayout(nn.Module):
         features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
         return features.view(units, classes, -1)
 
+    def encode_deep(self, backbone: FrozenCLIP, context: torch.Tensor, layer_context: torch.Tensor | None) -> torch.Tensor:
+        """Text features with deep prompts (MaPLe): ``context [U, n_ctx, d]`` enters with the
+        word embeddings, ``layer_context [U, J - 1, n_ctx, d]`` replaces the context positions
+        before blocks 1 .. J - 1 (see ``FrozenCLIP.encode_deep_prompted_text``) -> ``[U, C, D]``.
+        ``layer_context`` None (or J = 1) is :meth:`encode`."""
+        if layer_context is None or layer_context.shape[1] == 0:
+            return self.encode(backbone, context)
+        prompts = self.splice(context)
+        units, classes = prompts.shape[:2]
+        per_sequence = layer_context.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)  # [U*C, J-1, n_ctx, d]
+        features = backbone.encode_deep_prompted_text(prompts.flatten(0, 1), self.eot.repeat(units), per_sequence,
+                                                      self.context_index.repeat(units, 1))
+        return features.view(units, classes, -1)
+
 
 def context_init(backbone: FrozenCLIP, n_ctx: int, phrase: str | None, generator: torch.Generator,
                  std: float = 0.02) -> torch.Tensor:
