@@ -1,4 +1,4 @@
-"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync``.
+"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync | patch``.
 
 Mistakes in what the user asked for (:class:`~fedvlm.errors.UserError`) print one line,
 ``error: <key or file>: <what is wrong and what is expected>``, and exit with status 2, no
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--entity", help="W&B entity (default: your default entity)")
     sync.add_argument("--include-synced", action="store_true", help="upload runs that were uploaded before again")
     sync.add_argument("--dry-run", action="store_true", help="list the runs that would be uploaded; upload nothing")
+
+    patch = commands.add_parser("patch", help="PAINT patching, then multispectral alignment, both federated: "
+                                              "fedvlm patch CONFIG.yaml [key=value ...] (docs/PATCHING.md)")
+    patch.add_argument("config", help="patching YAML, e.g. experiments/patching/synthetic_patching.yaml")
+    patch.add_argument("overrides", nargs="*", help="dotted overrides such as alphas=[0,0.5,1] patch.federation.rounds=2")
     return parser
 
 
@@ -84,8 +89,19 @@ def _guarded(command) -> int:
 
 def _dispatch(args) -> int:
     commands = {"run": _run, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
-                "sync": _sync}
+                "sync": _sync, "patch": _patch}
     return commands[args.command](args)
+
+
+def _patch(args) -> int:
+    from pathlib import Path
+
+    from fedvlm.patching.pipeline import load_patching_config, run_patching
+
+    results = run_patching(load_patching_config(args.config, args.overrides))
+    print((Path(results["run_dir"]) / "results.md").read_text())
+    print(f"run folder: {results['run_dir']}")
+    return 0
 
 
 def _demo(args) -> int:

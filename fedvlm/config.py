@@ -99,7 +99,10 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(32, gt=0)
-    scheduler: Literal["constant", "cosine"] = "constant"  # learning rate over rounds
+    scheduler: Literal["constant", "cosine", "step"] = "constant"  # learning rate over rounds
+    # scheduler "step": lr x step_gamma every step_rounds rounds (RDB: x0.7 every 20 epochs)
+    step_rounds: int = Field(20, gt=0)
+    step_gamma: float = Field(0.7, gt=0, le=1)
     # Keep each client's optimizer state (momentum, Adam moments) across rounds; false rebuilds it
     # every round, as most reference implementations do.
     keep_state: bool = False
@@ -127,6 +130,9 @@ class RuntimeConfig(Section):
     extract_batch_size: int = Field(64, gt=0)
     num_workers: int = Field(0, ge=0)  # image-decoding workers for feature extraction
     ddp_timeout_s: int = Field(1800, gt=0)
+    # torch.compile the frozen text transformer (GPU only: on CPU this is a documented no-op,
+    # compile time there outweighs the gain for the short runs CPUs are used for).
+    compile: bool = False
 
 
 class LoggingConfig(Section):

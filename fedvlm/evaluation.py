@@ -1,8 +1,10 @@
 """Evaluation: the server model on the whole test split, and every client on its own test split.
 
-Both produce a *score table* (one row per test image, the head's scores for every class), which
-the task turns into metrics (:mod:`fedvlm.tasks`). Work is split over processes in units that do
-not depend on the process count (fixed test batches; whole clients); each process fills its rows
+Both produce a *score table* (one row per test image: the head's scores for every class, or
+whatever the head's ``forward`` returns per image, e.g. a retrieval head's image and caption
+embeddings ``[1 + K, D]``), which the task turns into metrics (:mod:`fedvlm.tasks`). Work is
+split over processes in units that do not depend on the process count (fixed test batches;
+whole clients); each process fills its rows
 and leaves zeros elsewhere, and one all-reduce sums the tables: adding zeros is exact, so the
 metrics are identical whatever the number of processes.
 """
@@ -27,7 +29,8 @@ def _scores(head: Head, data, rows: np.ndarray, slots: np.ndarray) -> torch.Tens
 @torch.no_grad()
 def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torch.Tensor], batch_size: int,
                   rank: int = 0, world_size: int = 1, all_reduce: Reduce | None = None) -> torch.Tensor:
-    """``[len(test_rows), C]`` scores of the model given by ``state`` (loaded in slot 0)."""
+    """``[len(test_rows), C]`` scores (``[len(test_rows), *row_shape]`` outputs) of the model given
+    by ``state`` (loaded in slot 0)."""
     head.write_slot(0, state)
     table = None
     for number, start in enumerate(range(0, len(test_rows), batch_size)):
@@ -36,9 +39,9 @@ def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torc
         rows = test_rows[start : start + batch_size]
         scores = _scores(head, data, rows, np.zeros(len(rows), dtype=np.int64))
         if table is None:
-            table = torch.zeros(len(test_rows), scores.shape[-1])
+            table = torch.zeros(len(test_rows), *scores.shape[1:])
         table[start : start + len(rows)] = scores
-    return _reduce(table, len(test_rows), head, all_reduce if world_size > 1 else None)
+    return _reduce(table, len(test_rows), head, data, all_reduce if world_size > 1 else None)
 
 
 @torch.no_grad()
@@ -60,20 +63,21 @@ def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Calla
         scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
                             for i in range(0, len(rows), batch_size)])
         if table is None:
-            table = torch.zeros(int(offsets[-1]), scores.shape[-1])
+            table = torch.zeros(int(offsets[-1]), *scores.shape[1:])
         position = 0
         for client in group:
             count = len(test_rows[client])
             table[offsets[client] : offsets[client] + count] = scores[position : position + count]
             position += count
-    return _reduce(table, int(offsets[-1]), head, all_reduce if world_size > 1 else None)
+    return _reduce(table, int(offsets[-1]), head, data, all_reduce if world_size > 1 else None)
 
 
-def _reduce(table: torch.Tensor | None, rows: int, head: Head, all_reduce: Reduce | None) -> torch.Tensor:
+def _reduce(table: torch.Tensor | None, rows: int, head: Head, data,
+            all_reduce: Reduce | None) -> torch.Tensor:
     if all_reduce is None:
-        return table if table is not None else torch.zeros(rows, len(head.classnames))
+        return table if table is not None else torch.zeros(rows, *head.output_shape(data))
     if table is None:  # this rank had nothing to evaluate; it still joins the collective
-        table = torch.zeros(rows, len(head.classnames))
+        table = torch.zeros(rows, *head.output_shape(data))
     return all_reduce(table)
 
 

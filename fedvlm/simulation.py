@@ -165,8 +165,13 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
     row_of = np.full(len(dataset), -1, dtype=np.int64)
     row_of[used] = np.arange(len(used))
     head_class = HEADS.get(config.head.name)
+    if head_class.output_kind != task.expects:
+        raise ConfigError(f"head.name: {config.head.name} returns {head_class.output_kind}, but {config.data.dataset} "
+                          f"is a {spec.task} dataset that scores {task.expects}; choose a {spec.task} head")
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision,
                                device=fabric.device)
+    if config.runtime.compile and fabric.device.type == "cuda":
+        backbone.text_tower.transformer = torch.compile(backbone.text_tower.transformer, dynamic=True)
     features = image_features(
         backbone, [dataset.paths[i] for i in used], patches=head_class.needs_patches,
         mode=config.runtime.feature_cache, cache_dir=config.runtime.cache_dir,
@@ -189,6 +194,7 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
     else:
         data = FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), fabric.device,
                               as_tensor(train_labels), features.view_pooled, features.view_patches)
+    data = head_class.batch_source(data, dataset, used, backbone, config, fabric)  # e.g. + captions
     template = config.data.template or spec.template
     slots = num_slots(config, len(train_shares), fabric.world_size)
     head = head_class(config.head, backbone, dataset.classnames, template, num_slots=slots, seed=config.seed)
@@ -225,6 +231,8 @@ def shard_clients(clients: list[int], sizes: list[int], world_size: int) -> list
 def learning_rate(config: ExperimentConfig, round_index: int) -> float:
     if config.optim.scheduler == "cosine" and config.federation.rounds > 0:
         return 0.5 * config.optim.lr * (1 + math.cos(math.pi * round_index / config.federation.rounds))
+    if config.optim.scheduler == "step":
+        return config.optim.lr * config.optim.step_gamma ** (round_index // config.optim.step_rounds)
     return config.optim.lr
 
 

@@ -200,4 +200,210 @@ register(DatasetSpec("fgvc_aircraft", "fgvc-aircraft-2013b",
 register(DatasetSpec("synthetic_scenes", "synthetic_scenes", "synthetic_scenes/<class>/<image>.png",
                      read_image_folder, (0.5, 0.5), "an aerial photo of a {}."))
 
+
+# ------------------------------------------------------------------- multi-label datasets (FedMPT)
+#
+# Readers live in fedvlm.data.formats; these adapters turn their splits into one LabelledImages
+# with [N, C] labels in {1, 0, -1} and the dataset's official train/test rows.
+
+
+def _joined_splits(name: str, parts: dict, spec: DatasetSpec) -> LabelledImages:
+    """``parts``: {"train": MultiLabelSet, "test": MultiLabelSet} -> one table, official rows kept."""
+    train, test = parts["train"], parts["test"]
+    if list(train.class_names) != list(test.class_names):
+        raise DataError(f"dataset {name}: the train and test splits list different classes; expected {spec.layout}")
+    labels = np.concatenate([train.labels, test.labels]).astype(np.float32)
+    rows = np.arange(len(labels))
+    return LabelledImages(list(train.paths) + list(test.paths), labels, [spec.classname(c) for c in train.class_names],
+                          {"train": rows[: len(train.paths)], "test": rows[len(train.paths):]})
+
+
+def read_voc_splits(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """PASCAL VOC2007: trainval (5,011 images) for training, test (4,952) for testing; an image whose
+    only instances of a class are "difficult" counts as positive, as in ML-GCN/DualCoOp loaders."""
+    from fedvlm.data.formats.voc import read_voc2007
+
+    return _joined_splits(spec.name, {"train": read_voc2007(location, "trainval"),
+                                      "test": read_voc2007(location, "test")}, spec)
+
+
+def read_coco_splits(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """COCO 2014: train2014 (82,783 images) for training, val2014 (40,504) for testing."""
+    from fedvlm.data.formats.coco import read_coco
+
+    return _joined_splits(spec.name, {"train": read_coco(location, "train2014"),
+                                      "test": read_coco(location, "val2014")}, spec)
+
+
+def read_nuswide_splits(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """NUS-WIDE 81 concepts: the official TrainImagelist / TestImagelist (images missing on disk
+    are left out with a warning; see fedvlm.data.formats.nuswide)."""
+    from fedvlm.data.formats.nuswide import read_nuswide
+
+    return _joined_splits(spec.name, {"train": read_nuswide(location, "train"),
+                                      "test": read_nuswide(location, "test")}, spec)
+
+
+def read_multiscene_splits(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """MultiScene-Clean: Tra.csv for training, Test.csv for testing."""
+    from fedvlm.data.formats.multiscene import read_multiscene
+
+    return _joined_splits(spec.name, {"train": read_multiscene(location, "train"),
+                                      "test": read_multiscene(location, "test")}, spec)
+
+
+def read_mlrsnet_all(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """MLRSNet: every image of the 46 category CSVs; no official split (``default_split`` applies)."""
+    from fedvlm.data.formats.mlrsnet import read_mlrsnet
+
+    data = read_mlrsnet(location)
+    return LabelledImages(list(data.paths), data.labels.astype(np.float32), [spec.classname(c) for c in data.class_names])
+
+
+def _camel_words(name: str) -> str:
+    """"BaseballField" -> "baseball field"."""
+    return "".join(" " + ch.lower() if ch.isupper() and i else ch.lower() for i, ch in enumerate(name))
+
+
+_VOC_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+_MLRSNET_NAMES = {"habor": "harbor"}  # the release's header spelling
+_MULTISCENE_CATEGORIES = (
+    "Apron", "BaseballField", "BasketballField", "Beach", "Bridge", "Cemetery", "Commercial", "Farmland", "Woodland",
+    "GolfCourse", "Greenhouse", "Helipad", "LakePond", "OilFiled", "Orchard", "ParkingLot", "Park", "Pier", "Port",
+    "Quarry", "Railway", "Residential", "River", "Roundabout", "Runway", "Soccer", "SolarPannel", "SparseShrub",
+    "Stadium", "StorageTank", "TennisCourt", "TrainStation", "WastewaterPlant", "WindTrubine", "Works", "Sea")
+_MULTISCENE_NAMES = {**{c: _camel_words(c) for c in _MULTISCENE_CATEGORIES},
+                     "LakePond": "lake or pond", "OilFiled": "oil field", "SolarPannel": "solar panel",
+                     "WindTrubine": "wind turbine", "Soccer": "soccer field", "Works": "construction works"}
+
+
+def _synthetic_names() -> dict[str, str]:
+    from fedvlm.data.synthetic.world import WORLD
+
+    return {o.name: o.display_name for o in WORLD.object_types}
+
+
+register(DatasetSpec("voc2007", "VOCdevkit/VOC2007",
+                     "VOCdevkit/VOC2007/{Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/{trainval,test}.txt "
+                     "and <class>_{trainval,test}.txt}", read_voc_splits, (0.5, 0.5), "a photo of a {}.", 20, _VOC_NAMES,
+                     task="multilabel"))
+register(DatasetSpec("coco2014", "coco",
+                     "coco/{annotations/instances_{train,val}2014.json, train2014/COCO_train2014_<id>.jpg, "
+                     "val2014/COCO_val2014_<id>.jpg}", read_coco_splits, (0.5, 0.5), "a photo of a {}.", 80,
+                     task="multilabel"))
+register(DatasetSpec("nuswide", "NUS-WIDE",
+                     "NUS-WIDE/{Concepts81.txt, ImageList/{Train,Test}Imagelist.txt, "
+                     "Groundtruth/TrainTestLabels/Labels_<concept>_{Train,Test}.txt, Flickr/<folder>/<image>.jpg}",
+                     read_nuswide_splits, (0.5, 0.5), "a photo of a {}.", 81, task="multilabel"))
+register(DatasetSpec("mlrsnet", "MLRSNet", "MLRSNet/{labels/<category>.csv, Images/<category>/<image>.jpg}",
+                     read_mlrsnet_all, (0.8, 0.2), _REMOTE_SENSING_TEMPLATE, 60, _MLRSNET_NAMES, task="multilabel"))
+register(DatasetSpec("multiscene", "MultiScene-Clean", "MultiScene-Clean/{Tra.csv, Test.csv, images/<name>.jpg}",
+                     read_multiscene_splits, (0.5, 0.5), _REMOTE_SENSING_TEMPLATE, 36, _MULTISCENE_NAMES,
+                     task="multilabel"))
+# The synthetic world's objects in the VOC layout: FedMPT on CPU in minutes. Write it with
+# fedvlm.data.synthetic.generate_dataset("<data root>/synthetic_world", layouts=["voc2007"]).
+register(DatasetSpec("synthetic_voc", "synthetic_world/VOCdevkit/VOC2007",
+                     "synthetic_world/VOCdevkit/VOC2007/... (the VOC layout; write it with fedvlm.data.synthetic."
+                     "generate_dataset('<data root>/synthetic_world', layouts=['voc2007']))",
+                     read_voc_splits, (0.5, 0.5), "an aerial photo of a {}.", None, _synthetic_names(),
+                     task="multilabel"))
+
 __all__ = ["DATASETS", "DatasetSpec", "LabelledImages", "load_dataset", "data_root", "IMAGE_SUFFIXES"]
+
+
+# --------------------------------------------------- retrieval and multispectral datasets (issue 6)
+#
+# Caption datasets (task "retrieval") are CaptionedImages (fedvlm.data.captioned): one row per
+# image, its captions alongside. Multispectral datasets are MultispectralImages
+# (fedvlm.data.multispectral): RGB image rows (CLIP's input) paired with band files (the aligned
+# student's input). The synthetic world writes all of them with
+#   generate_dataset("<data root>/synthetic_world", layouts=["captions", "multispectral"]).
+
+_RS_CAPTION_NAMES = {  # file-name prefixes of RSICD (30 scenes) and RSITMD (32) -> prompt text
+    "bareland": "bare land", "baseballfield": "baseball field", "denseresidential": "dense residential",
+    "mediumresidential": "medium residential", "sparseresidential": "sparse residential",
+    "railwaystation": "railway station", "storagetanks": "storage tanks", "parking": "parking lot",
+}
+
+
+def read_captioned(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """RSICD / RSITMD caption JSON + images: one row per image with its (five) captions."""
+    from fedvlm.data.captioned import read_caption_images
+
+    return read_caption_images(location, spec)
+
+
+def read_eurosat_multispectral(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """EuroSAT-MS 13-band GeoTIFFs with their EuroSAT_RGB pairs (or composites)."""
+    from fedvlm.data.multispectral import read_eurosat_bands
+
+    return read_eurosat_bands(location, spec)
+
+
+def read_bigearthnet_level3(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """BigEarthNet-S2 patches with their CORINE Level-3 labels (43 classes on the full archive)."""
+    from fedvlm.data.multispectral import read_bigearthnet_bands
+
+    return read_bigearthnet_bands(location, spec, nomenclature="level3")
+
+
+def read_bigearthnet_19(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """BigEarthNet-S2 patches with the 19-class nomenclature (the paper's BigEarthNet-19)."""
+    from fedvlm.data.multispectral import read_bigearthnet_bands
+
+    return read_bigearthnet_bands(location, spec, nomenclature="19")
+
+
+def _synthetic_scene_names() -> dict[str, str]:
+    """Caption file prefixes ("denseresidential") and EuroSAT folders ("DenseResidential") of the
+    synthetic world -> its scene names."""
+    from fedvlm.data.synthetic.world import WORLD
+
+    names = {name.replace(" ", ""): name for name in WORLD.scene_names}
+    names.update({"".join(word.capitalize() for word in name.split()): name for name in WORLD.scene_names})
+    return names
+
+
+register(DatasetSpec("rsicd", "RSICD", "RSICD/{dataset_rsicd.json, RSICD_images/<scene>_<n>.jpg}",
+                     read_captioned, (0.8, 0.1, 0.1), _REMOTE_SENSING_TEMPLATE, None, _RS_CAPTION_NAMES,
+                     task="retrieval"))
+register(DatasetSpec("rsitmd", "RSITMD", "RSITMD/{dataset_RSITMD.json, images/<scene>_<n>.tif}",
+                     read_captioned, (0.8, 0.1, 0.1), _REMOTE_SENSING_TEMPLATE, None, _RS_CAPTION_NAMES,
+                     task="retrieval"))
+register(DatasetSpec("synthetic_rsicd", "synthetic_world/RSICD",
+                     "synthetic_world/RSICD/{dataset_rsicd.json, RSICD_images/<scene>_<n>.jpg} (write it with "
+                     "fedvlm.data.synthetic.generate_dataset('<data root>/synthetic_world', layouts=['rsicd']))",
+                     read_captioned, (0.8, 0.1, 0.1), "an aerial photo of a {}.", None, _synthetic_scene_names(),
+                     task="retrieval"))
+register(DatasetSpec("synthetic_rsitmd", "synthetic_world/RSITMD",
+                     "synthetic_world/RSITMD/{dataset_RSITMD.json, images/<scene>_<n>.tif} (write it with "
+                     "fedvlm.data.synthetic.generate_dataset('<data root>/synthetic_world', layouts=['rsitmd']))",
+                     read_captioned, (0.8, 0.1, 0.1), "an aerial photo of a {}.", None, _synthetic_scene_names(),
+                     task="retrieval"))
+register(DatasetSpec("eurosat_ms", "EuroSAT_MS", "EuroSAT_MS/<Class>/<Class>_<n>.tif (13-band GeoTIFF) with "
+                     "EuroSAT_RGB/<Class>/<Class>_<n>.jpg beside it", read_eurosat_multispectral,
+                     (0.7, 0.15, 0.15), "a centered satellite photo of {}.", 10, _EUROSAT_NAMES))
+register(DatasetSpec("bigearthnet", "BigEarthNet-v1.0",
+                     "BigEarthNet-v1.0/<patch>/{<patch>_<B01..B12,B8A>.tif, <patch>_labels_metadata.json}",
+                     read_bigearthnet_level3, (0.7, 0.15, 0.15), "a satellite image of {}.", None,
+                     task="multilabel"))
+register(DatasetSpec("bigearthnet19", "BigEarthNet-v1.0",
+                     "BigEarthNet-v1.0/<patch>/{<patch>_<B01..B12,B8A>.tif, <patch>_labels_metadata.json}",
+                     read_bigearthnet_19, (0.7, 0.15, 0.15), "a satellite image of {}.", 19, task="multilabel"))
+register(DatasetSpec("synthetic_eurosat_ms", "synthetic_world/EuroSAT_MS",
+                     "synthetic_world/EuroSAT_MS/<Class>/<Class>_<n>.tif with synthetic_world/EuroSAT_RGB/ (write it "
+                     "with generate_dataset('<data root>/synthetic_world', layouts=['eurosat']))",
+                     read_eurosat_multispectral, (0.6, 0.2, 0.2), "an aerial photo of a {}.", None,
+                     _synthetic_scene_names()))
+# The synthetic world's land-cover labels carry CORINE names, but its tiny CLIP learnt only the
+# words of the world's captions: prompts name each class with those words (as every dataset's
+# table gives the prompt wording of its classes).
+_SYNTHETIC_LAND_COVER_NAMES = {
+    "Arable land": "farmland", "Beaches, dunes, sands": "sand", "Forests": "trees",
+    "Industrial or commercial units": "industrial area", "Pastures": "grass", "Road and rail networks": "roads",
+    "Sport and leisure facilities": "sports field", "Urban fabric": "houses", "Water bodies": "water",
+}
+register(DatasetSpec("synthetic_bigearthnet", "synthetic_world/BigEarthNet-v1.0",
+                     "synthetic_world/BigEarthNet-v1.0/<patch>/... (write it with generate_dataset('<data root>/"
+                     "synthetic_world', layouts=['bigearthnet']))", read_bigearthnet_level3, (0.6, 0.2, 0.2),
+                     "a satellite image of {}.", None, _SYNTHETIC_LAND_COVER_NAMES, task="multilabel"))

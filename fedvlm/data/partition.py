@@ -7,7 +7,8 @@ with the same seed to the train and the test split gives every client matching c
 distributions, which is what personalised evaluation needs.
 
 Registered partitions (``partition.name`` in a config): ``even_per_class`` (Fed-RSIC),
-``dirichlet``, ``iid`` and ``centralized`` (one client holding everything).
+``dirichlet``, ``iid``, ``centralized`` (one client holding everything) and ``feature_clusters``
+(FedMPT: k-means of zero-shot image features, one cluster per client).
 """
 
 from __future__ import annotations
@@ -194,6 +195,110 @@ class Centralized(PartitionConfig):
 
     def __call__(self, labels, seed, features=None):
         return [np.arange(len(labels))]
+
+
+# ------------------------------------------------------------------ FedMPT heterogeneity partition
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): ``[k, D]`` initial centroids drawn from
+    ``points [N, D]``, each with probability proportional to its squared distance to the nearest
+    centroid chosen so far."""
+    centroids = [points[rng.integers(len(points))]]
+    nearest = ((points - centroids[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = nearest.sum()
+        index = int(rng.choice(len(points), p=nearest / total)) if total > 0 else int(rng.integers(len(points)))
+        centroids.append(points[index])
+        nearest = np.minimum(nearest, ((points - points[index]) ** 2).sum(1))
+    return np.stack(centroids)
+
+
+def _squared_distances(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``[N, k]`` squared Euclidean distances (one matrix product)."""
+    return np.maximum((points ** 2).sum(1)[:, None] - 2 * points @ centroids.T + (centroids ** 2).sum(1)[None], 0)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, init: np.ndarray | None = None, max_iter: int = 300,
+           tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means: ``points [N, D]`` -> (cluster of every point ``[N]``, centroids ``[k, D]``).
+
+    Starts from ``init`` or k-means++ seeding drawn from ``seed``; stops when no point changes
+    cluster or the centroids move less than ``tol`` (squared, summed), or after ``max_iter``
+    rounds. A cluster left empty takes the point farthest from its centroid (as scikit-learn
+    does), so every cluster ends with at least one point when N >= k. Deterministic in ``seed``.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if not 1 <= k <= len(points):
+        raise ValueError(f"k-means needs 1 <= k <= {len(points)} points, got k={k}")
+    centroids = np.array(init, dtype=np.float64) if init is not None else kmeans_plus_plus(points, k, _rng(seed, 3))
+    assignment = np.full(len(points), -1)
+    for _ in range(max_iter):
+        distances = _squared_distances(points, centroids)
+        new_assignment = distances.argmin(1)
+        changed = not np.array_equal(new_assignment, assignment)
+        assignment = new_assignment
+        moved = centroids.copy()
+        for cluster in range(k):
+            members = assignment == cluster
+            if members.any():
+                moved[cluster] = points[members].mean(0)
+            else:  # re-seed an empty cluster with the worst-fitted point
+                worst = int(distances[np.arange(len(points)), assignment].argmax())
+                moved[cluster] = points[worst]
+                assignment[worst] = cluster
+                distances[worst] = 0
+        shift = ((moved - centroids) ** 2).sum()
+        centroids = moved
+        if not changed or shift <= tol:
+            break
+    return _squared_distances(points, centroids).argmin(1), centroids
+
+
+def _unit_rows(features) -> np.ndarray:
+    features = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def feature_clusters(features, num_clients: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """FedMPT's heterogeneity partition (Sec. 3.1, Sec. 5 "Heterogeneity Benchmark"): k-means of
+    the zero-shot CLIP image features into ``num_clients`` clusters, one cluster per client.
+
+    features: ``[N, D]`` pooled image embeddings, L2-normalised here (CLIP compares them by
+    cosine). The paper sets the number of clusters to S = t% x C (t in {10, 20, 40, 60, 80,
+    100}); see :func:`clients_for_class_fraction`. Returns (the clients' sorted row indices, the
+    ``[num_clients, D]`` centroids on the unit-normalised features).
+    """
+    points = _unit_rows(features)
+    assignment, centroids = kmeans(points, num_clients, seed)
+    return [np.flatnonzero(assignment == k) for k in range(num_clients)], centroids
+
+
+def clients_for_class_fraction(fraction: float, num_classes: int) -> int:
+    """S = t% x C clusters (clients), rounded, at least one: VOC2007 (C = 20) at t = 10..100% gives
+    2, 4, 8, 12, 16, 20; COCO2014 (C = 80) 8, 16, 32, 48, 64, 80."""
+    return max(1, int(np.floor(fraction * num_classes + 0.5)))
+
+
+@PARTITIONS.register("feature_clusters")
+class FeatureClusters(PartitionConfig):
+    """``partition: {name: feature_clusters, num_clients: S}``: one k-means cluster of the split's
+    zero-shot image features per client. Test images go to the client whose train-split
+    centroid is nearest, so personalised evaluation sees the client's own kind of image."""
+
+    needs_features: ClassVar[bool] = True
+
+    def __call__(self, labels, seed, features=None):
+        if features is None:
+            raise ConfigError("partition.name: feature_clusters clusters image features, but none were given")
+        return feature_clusters(features, self.num_clients, seed)[0]
+
+    def split_test(self, labels, seed, features=None, train_features=None):
+        if features is None or train_features is None:
+            raise ConfigError("partition.name: feature_clusters needs the train and test image features")
+        _, centroids = feature_clusters(train_features, self.num_clients, seed)
+        nearest = _squared_distances(_unit_rows(features), centroids).argmin(1)
+        return [np.flatnonzero(nearest == k) for k in range(self.num_clients)]
 
 
 def client_class_counts(labels: np.ndarray, shares: list[np.ndarray], num_classes: int) -> np.ndarray:

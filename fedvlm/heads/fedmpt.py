@@ -1,0 +1,312 @@
+"""FedMPT (papers/fedmpt.txt): condition prompts, condition-guided optimal transport over image
+patches, and a gate that mixes the conditions' predictions; trained with ASL, all FedAvg-aggregated.
+
+Notation: B images, M regions, N conditions, C classes, D joint width, d_t text width, r = D_s.
+The regions f_v(v) are the projected patch tokens and, by default, the pooled class-token
+embedding (``global_region``; see :func:`fedvlm.heads.dualcoop.image_regions`: the public FedMPT
+code projects all ViT tokens, class token included).
+
+1. Condition prompts (Sec. 4.1). For condition n and class c the prompt is
+   ``[L_n,1 .. L_n,beta_cond] <condition n> [G_1 .. G_beta_cls] <class c>.``: the condition-level
+   tokens L_n are per condition, the class-level tokens G are shared by every class (and every
+   condition). Conditions come from a data file (``fedvlm/heads/conditions/<name>.txt``) or a
+   list; text features t[n, c] = f_t(p_{n,c}) ``[N, C, D]``.
+2. Adapters (Eq. 6). One LoRA-like adapter per condition on the projected patch features,
+   ``A_n(f) = f + W_up,n W_down,n f`` with D -> r = 32 -> D. Eq. 6 prints the product alone
+   (``W_up(W_down f)``); "LoRA-like" and LoRA's own form add it to f with W_up starting at zero,
+   which keeps the frozen CLIP alignment at the start. ``adapter_residual: false`` is Eq. 6 as
+   printed (both factors random, no identity path).
+3. Similarity and cost (Eq. 7). s[n, m, c] = sim(A_n(f_m), t[n, c]) with sim = 20 * cos, the
+   scaled cosine of the region aggregation FedMPT builds on (Eq. 2; DualCoOp's logit scale,
+   REFERENCE-NOTES item 8; the public FedMPT code also scales by 20 before dividing by its
+   temperature). With tau = 4 (Sec. 5, "as printed") the patch softmax is softmax_m(5 cos); on a
+   raw cosine (``similarity_scale: 1``) tau = 4 would make the softmax over ~200 patches uniform
+   to about 1e-3 and Eq. 7's cost constant. S = softmax over patches of s / tau, C = 1 - S.
+4. Patch marginal (Eq. 8). a[n, m] = softmax over patches of H[n, m] / tau, H the self-entropy
+   of patch m's similarity distribution over classes, softmax_c(s[n, m, :] / tau). As printed
+   the sign is +H (more ambiguous patches get more mass); ``patch_marginal: negative_entropy``
+   gives more mass to confident patches, ``uniform`` uses 1/M. The class marginal b is uniform.
+5. Sinkhorn (Eq. 9-10) with lambda = 0.2, plan T ``[M, C]`` per image and condition, fixed (no
+   gradient), solved by :func:`fedvlm.ot.sinkhorn`. Always ``ot_iterations`` = 30 iterations (no
+   early stop on a batch-wide residual), so an image's plan never depends on which other
+   images, or clients, share its batch; with lambda = 0.2 and costs in [0, 1], 30 iterations
+   leave a marginal error of about 1e-6 even on 0/1 costs (float32 reaches its floor near 3e-7).
+6. Conditioned prediction psi[n, c] = sum_m T[m, c] S[m, c] (Eq. 10 and after). We read S here
+   as the region-text similarity s (the paper calls S "the original region-text similarity"),
+   with T scaled by C so every class carries unit mass: psi is then Eq. 2 with the softmax
+   weights replaced by the transport plan, in logit units. ``prediction: softmax`` is the
+   literal reading (S = 1 - C of Eq. 7); psi is then a transported softmax weight, reported as
+   its log-ratio to the uniform plan's value 1 / (M C).
+7. Gate (Eq. 11). omega = Omega(f_v) with Omega a LoRA-like router D -> r -> N applied to the
+   patch features (averaged over patches; Omega is linear, so this is Omega of the mean),
+   P' = sum_n softmax(omega)_n psi_n. W_up of the router starts at zero (uniform gate).
+8. Loss (Eq. 12): the logits output_scale * P' go through the base ASL (sigmoid, unknown labels
+   skipped). output_scale is DualCoOp's 5 on OpenAI CLIP (5 x 20 = CLIP's logit scale 100); by
+   default it is the backbone's logit scale / 20, so that on a backbone trained to another
+   logit scale (the synthetic world's tiny CLIP, ~15) the logits are as sharp as its zero-shot
+   logits rather than saturating the sigmoid. Eq. 13: every parameter is shared.
+
+Ablations (Table 4): ``modules`` lists what is used (default: all four). Without
+``condition_prompts`` one plain prompt ``[G] <class>.`` is used (N = 1, one adapter, no gate);
+without ``adapters`` f_v is used as is; without ``optimal_transport`` the patches are weighted by
+S = softmax_m(s / tau) (Eq. 2/7 without OT); without ``gate`` the conditions are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.errors import ConfigError
+from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
+from fedvlm.heads.dualcoop import image_regions, output_scale
+from fedvlm.heads.prompts import PLACEHOLDER, context_init
+from fedvlm.heads.registry import HEADS
+from fedvlm.ot import sinkhorn
+
+CONDITIONS_DIR = Path(__file__).parent / "conditions"
+Module = Literal["condition_prompts", "adapters", "optimal_transport", "gate"]
+MODULES = ("condition_prompts", "adapters", "optimal_transport", "gate")
+
+
+def load_conditions(source: str | list[str]) -> list[str]:
+    """A list of conditions as given, or read from a file: a path, or the name of a file shipped in
+    ``fedvlm/heads/conditions`` (``voc2007`` -> ``conditions/voc2007.txt``); '#' lines are comments."""
+    if isinstance(source, list):
+        conditions = [c.strip() for c in source if c.strip()]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            path = CONDITIONS_DIR / f"{source}.txt"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in CONDITIONS_DIR.glob("*.txt")))
+            raise ConfigError(f"head.conditions: {source!r} is neither a file nor a shipped condition set; "
+                              f"expected a path, a list, or one of: {shipped}")
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        conditions = [line for line in lines if line and not line.startswith("#")]
+    if not conditions:
+        raise ConfigError(f"head.conditions: {source!r} holds no condition")
+    return conditions
+
+
+# ---------------------------------------------------------------------------------- text side
+
+
+class ConditionPromptLayout(nn.Module):
+    """Frozen token embeddings of the N x C condition prompts and the positions of their
+    learnable tokens (FedMPT Sec. 4.1).
+
+    Row r = n * C + c is ``[SOS] [L]x beta_cond <condition n> [G]x beta_cls <class c>. [EOT]``.
+    Buffers: ``token_embeddings [R, L, d_t]``, ``context_index [R, L]`` (-1 for frozen tokens,
+    0 .. beta_cond - 1 for the row's condition tokens, beta_cond .. beta_cond + beta_cls - 1 for
+    the shared class tokens), ``condition_of_row [R]`` and ``eot [R]``. ``conditions`` None
+    builds the plain prompts ``[G]x beta_cls <class>.`` (N = 1).
+    """
+
+    def __init__(self, backbone: FrozenCLIP, conditions: list[str] | None, classnames: list[str],
+                 condition_tokens: int, class_tokens: int):
+        super().__init__()
+        if conditions is None:
+            conditions, condition_tokens = [""], 0
+        self.num_conditions, self.num_classes = len(conditions), len(classnames)
+
+        # tokens each condition occupies ("" -> [SOS] [EOT] -> 0)
+        condition_lengths = [int(n) - 1 for n in backbone.eot_positions(backbone.tokenize(conditions))]
+        placeholders = lambda k: " ".join([PLACEHOLDER] * k)  # noqa: E731
+        texts, positions, rows = [], [], []
+        for n, condition in enumerate(conditions):
+            for c, name in enumerate(classnames):
+                parts = (placeholders(condition_tokens), condition, placeholders(class_tokens), name)
+                texts.append(" ".join(p for p in parts if p) + ".")
+                class_start = 1 + condition_tokens + condition_lengths[n]
+                positions.append(list(range(1, 1 + condition_tokens)) +
+                                 list(range(class_start, class_start + class_tokens)))
+                rows.append(n)
+        ids = backbone.tokenize(texts)
+        eot = backbone.eot_positions(ids)
+        if int(eot.max()) >= backbone.context_length - 1:
+            raise ConfigError("head.conditions: a condition prompt (learnable tokens + condition + class name) exceeds "
+                              f"the text encoder's {backbone.context_length} tokens; use fewer tokens or shorter conditions")
+        placeholder_id = int(backbone.tokenize([PLACEHOLDER])[0, 1])
+        index = torch.full(ids.shape, -1, dtype=torch.long)
+        for row, where in enumerate(positions):
+            if where and ids[row, where].ne(placeholder_id).any():
+                raise ConfigError(f"head.conditions: cannot place learnable tokens in the prompt {texts[row]!r}")
+            index[row, where] = torch.arange(len(where))
+        length = int(eot.max()) + 1
+        self.register_buffer("token_embeddings", backbone.token_embeddings(ids)[:, :length].clone(), persistent=False)
+        self.register_buffer("context_index", index[:, :length], persistent=False)
+        self.register_buffer("condition_of_row", torch.tensor(rows), persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+
+    def splice(self, context: torch.Tensor) -> torch.Tensor:
+        """``context [U, N, beta_cond + beta_cls, d_t]`` (per unit, per condition) -> prompt
+        embeddings ``[U, R, L, d_t]``."""
+        is_context = self.context_index.ge(0)[None, :, :, None]
+        gathered = context[:, self.condition_of_row[:, None], self.context_index.clamp(min=0)]  # [U, R, L, d]
+        return torch.where(is_context, gathered, self.token_embeddings.unsqueeze(0))
+
+    def encode(self, backbone: FrozenCLIP, context: torch.Tensor) -> torch.Tensor:
+        """Text features ``[U, N, C, D]`` (not normalised)."""
+        prompts = self.splice(context)
+        units = prompts.shape[0]
+        features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
+        return features.view(units, self.num_conditions, self.num_classes, -1)
+
+
+# --------------------------------------------------------------------------------- the maths
+
+
+def lora(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """Per-condition LoRA-like adapters (Eq. 6): x ``[B, M, D]``, down ``[B, N, D, r]``, up
+    ``[B, N, r, D]`` (each sample its own client's) -> ``[B, N, M, D]``: x + x W_down W_up
+    (``residual``) or x W_down W_up."""
+    update = torch.einsum("bmd,bndr->bnmr", x, down)
+    update = torch.einsum("bnmr,bnre->bnme", update, up)
+    return x.unsqueeze(1) + update if residual else update
+
+
+def condition_cost(similarity: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 7: C = 1 - softmax over patches of similarity / tau. ``[..., M, C]`` -> ``[..., M, C]``."""
+    return 1 - torch.softmax(similarity / tau, dim=-2)
+
+
+def patch_marginal(similarity: torch.Tensor, tau: float,
+                   mode: Literal["entropy", "negative_entropy", "uniform"] = "entropy") -> torch.Tensor:
+    """Eq. 8: the patch marginal a ``[..., M]`` from ``similarity [..., M, C]``: softmax over
+    patches of ±H / tau, H the entropy of softmax over classes of similarity / tau."""
+    if mode == "uniform":
+        return torch.full(similarity.shape[:-1], 1.0 / similarity.shape[-2], dtype=similarity.dtype,
+                          device=similarity.device)
+    log_q = torch.log_softmax(similarity / tau, dim=-1)
+    entropy = -(log_q.exp() * log_q).sum(-1)  # [..., M]
+    sign = 1.0 if mode == "entropy" else -1.0
+    return torch.softmax(sign * entropy / tau, dim=-1)
+
+
+def gate_weights(features: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: softmax over conditions of omega = features W_down W_up. features ``[B, D]``,
+    down ``[B, D, r]``, up ``[B, r, N]`` -> ``[B, N]``."""
+    omega = torch.einsum("bd,bdr,brn->bn", features, down, up)
+    return torch.softmax(omega, dim=-1)
+
+
+# ---------------------------------------------------------------------------------- the head
+
+
+class FedMPTConfig(HeadConfig):
+    # a shipped condition set (voc2007, coco2014, nuswide, mlrsnet, multiscene, synthetic_voc,
+    # default), a path to such a file, or the list itself
+    conditions: str | list[str] = "default"
+    num_conditions: int | None = Field(None, gt=0)  # use the first N conditions (null: all)
+    condition_tokens: int = Field(4, ge=0)  # beta_cond
+    class_tokens: int = Field(4, gt=0)  # beta_cls
+    ctx_init: str | None = None  # start the class tokens from these words (beta_cls of them)
+    adapter_rank: int = Field(32, gt=0)  # D_s
+    adapter_residual: bool = True
+    tau: float = Field(4.0, gt=0)
+    similarity_scale: float = Field(20.0, gt=0)
+    ot_epsilon: float = Field(0.2, gt=0)  # lambda
+    ot_iterations: int = Field(30, gt=0)
+    patch_marginal: Literal["entropy", "negative_entropy", "uniform"] = "entropy"
+    prediction: Literal["similarity", "softmax"] = "similarity"
+    output_scale: float | None = Field(None, gt=0)  # null: logit scale / 20 (5 on OpenAI CLIP)
+    global_region: bool = True  # the pooled embedding is one more region (dualcoop.image_regions)
+    # Table 4 ablation switches: the modules in use (all four is FedMPT)
+    modules: list[Module] = list(MODULES)
+
+    @field_validator("modules")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("expected each module at most once")
+        return value
+
+    def uses(self, module: str) -> bool:
+        return module in self.modules
+
+
+@HEADS.register("fedmpt")
+class FedMPTHead(Head):
+    Config = FedMPTConfig
+    needs_patches = True
+
+    def __init__(self, config: FedMPTConfig, backbone, classnames, template, num_slots=1, seed=0):
+        super().__init__(config, backbone, classnames, template, num_slots, seed)
+        conditions = load_conditions(config.conditions)[: config.num_conditions] if config.uses("condition_prompts") else None
+        self.conditions = conditions or []
+        condition_tokens = config.condition_tokens if conditions else 0
+        self.layout = ConditionPromptLayout(backbone, conditions, classnames, condition_tokens, config.class_tokens)
+        self.output_scale = output_scale(config.output_scale, backbone, config.similarity_scale)
+        n, width, rank = self.layout.num_conditions, backbone.embed_dim, config.adapter_rank
+        g = self.generator
+        if condition_tokens:
+            self.condition_context = self.slot_parameter(torch.randn(n, condition_tokens, backbone.text_width, generator=g) * 0.02)
+        self.class_context = self.slot_parameter(context_init(backbone, config.class_tokens, config.ctx_init, g))
+        bound = 1 / math.sqrt(width)  # LoRA's kaiming-uniform(a=sqrt(5)) range for W_down
+
+        def uniform(*shape, limit):
+            return (torch.rand(*shape, generator=g) * 2 - 1) * limit
+
+        if config.uses("adapters"):
+            self.adapter_down = self.slot_parameter(uniform(n, width, rank, limit=bound))  # [S, N, D, r]
+            up = torch.zeros(n, rank, width) if config.adapter_residual else uniform(n, rank, width, limit=1 / math.sqrt(rank))
+            self.adapter_up = self.slot_parameter(up)  # [S, N, r, D]
+        if config.uses("gate") and n > 1:
+            self.gate_down = self.slot_parameter(uniform(width, rank, limit=bound))  # [S, D, r]
+            self.gate_up = self.slot_parameter(torch.zeros(rank, n))  # [S, r, N]
+
+    @property
+    def num_conditions(self) -> int:
+        return self.layout.num_conditions
+
+    def text_features(self, slots: torch.Tensor) -> torch.Tensor:
+        """Normalised condition-prompt features of the given slots: ``[U, N, C, D]``."""
+        class_context = self.class_context[slots].unsqueeze(1).expand(-1, self.num_conditions, -1, -1)
+        if hasattr(self, "condition_context"):
+            context = torch.cat([self.condition_context[slots], class_context], dim=2)
+        else:
+            context = class_context
+        return normalize(self.layout.encode(self.backbone, context))
+
+    def condition_predictions(self, batch: Batch) -> torch.Tensor:
+        """psi ``[B, N, C]``: one prediction per condition (Eq. 6-10), in units of s (logits / output_scale)."""
+        config = self.config
+        slots, position = torch.unique(batch.slot, return_inverse=True)
+        text = self.text_features(slots)[position]  # [B, N, C, D]
+        patches = image_regions(batch, config.global_region)  # [B, M, D] (M counts the global token)
+        if config.uses("adapters"):
+            adapted = lora(patches, self.adapter_down[batch.slot], self.adapter_up[batch.slot], config.adapter_residual)
+        else:
+            adapted = patches.unsqueeze(1).expand(-1, self.num_conditions, -1, -1)
+        similarity = config.similarity_scale * torch.einsum("bnmd,bncd->bnmc", normalize(adapted), text)  # [B, N, M, C]
+        cost = condition_cost(similarity, config.tau)  # Eq. 7
+        softmax = 1 - cost  # S
+        if config.uses("optimal_transport"):
+            marginal = patch_marginal(similarity.detach(), config.tau, config.patch_marginal)  # Eq. 8
+            plan = sinkhorn(cost, marginal, None, eps=config.ot_epsilon, max_iter=config.ot_iterations, tol=0.0)
+            weights = plan * similarity.shape[-1]  # unit mass per class, like softmax weights
+        else:
+            weights = softmax
+        if config.prediction == "similarity":
+            return (weights * similarity).sum(dim=-2)
+        return similarity.shape[-2] * (weights * softmax).sum(dim=-2)  # M C psi: 1 for a uniform plan
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        config = self.config
+        psi = self.condition_predictions(batch)  # [B, N, C]
+        if hasattr(self, "gate_down"):
+            regions = image_regions(batch, config.global_region)
+            gate = gate_weights(regions.mean(dim=1), self.gate_down[batch.slot], self.gate_up[batch.slot])
+        else:
+            gate = torch.full(psi.shape[:2], 1.0 / psi.shape[1], dtype=psi.dtype, device=psi.device)
+        mixed = torch.einsum("bn,bnc->bc", gate, psi)  # P' (Eq. 11)
+        if config.prediction == "softmax":
+            mixed = torch.log(mixed.clamp(min=1e-6))
+        return self.output_scale * mixed

@@ -1,0 +1,28 @@
+"""Caption features: token outputs consistent with encode_text, computed once, cached on disk."""
+
+import torch
+
+from fedvlm.backbone import text_cache
+from fedvlm.backbone.text_cache import caption_features
+
+CAPTIONS = ["two cars parked in rows.", "a harbor with many ships. a pier on the left.", "trees"]
+
+
+def test_token_outputs_at_eot_are_encode_text(tiny_backbone):
+    ids = tiny_backbone.tokenize(CAPTIONS)
+    tokens, eot = tiny_backbone.encode_text_tokens(ids)
+    assert tokens.shape[1] == int(eot.max()) + 1
+    torch.testing.assert_close(tokens[torch.arange(3), eot], tiny_backbone.encode_text(CAPTIONS), atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_cached_in_memory_and_on_disk(tiny_backbone, tmp_path, monkeypatch):
+    first = caption_features(tiny_backbone, CAPTIONS, tokens=True, mode="disk", cache_dir=tmp_path)
+    torch.testing.assert_close(first.pooled, tiny_backbone.encode_text(CAPTIONS), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.tokens[torch.arange(3), first.eot].float(), first.pooled, atol=2e-2, rtol=1e-2)
+    assert caption_features(tiny_backbone, CAPTIONS, tokens=True, mode="disk", cache_dir=tmp_path) is first
+    text_cache.clear_memory_cache()
+    monkeypatch.setattr(text_cache, "encode_captions", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    again = caption_features(tiny_backbone, CAPTIONS, tokens=True, mode="disk", cache_dir=tmp_path)  # from disk
+    torch.testing.assert_close(again.pooled, first.pooled)
+    assert torch.equal(again.token_ids, first.token_ids)
+    text_cache.clear_memory_cache()
