@@ -42,3 +42,10 @@ def coop_round(backbone: FrozenCLIP, num_clients: int, slots: int, images_per_cl
         client_steps += sum(r.steps for r in results)
     seconds = time.perf_counter() - began
     return {"client_steps": client_steps, "seconds": seconds, "client_steps_per_s": client_steps / seconds}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes since start or the last reset (Linux VmHWM)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
