@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,25 @@ def find_run_folders(results_dirs) -> list[Path]:
     return sorted(folders)
 
 
+def _read_partition(path: Path) -> pd.DataFrame | None:
+    """The client x class count table, or None (with a warning) when it is not one: a table
+    written by an older fedvlm with unquoted class names containing commas, or cut short."""
+    try:
+        partition = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        partition, problem = None, str(error).splitlines()[0]
+    else:
+        numeric = partition.apply(pd.to_numeric, errors="coerce")
+        problem = None if not numeric.isna().to_numpy().any() else "cells that are not image counts"
+        partition = numeric if problem is None else None
+    if problem is not None:
+        print(f"warning: {path}: {problem}; expected client x class image counts, the run is reported "
+              "without its partition statistics", file=sys.stderr)
+        return None
+    partition.index.name = "client"
+    return partition
+
+
 def read_run(folder: Path) -> Run:
     folder = Path(folder)
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
@@ -128,8 +148,7 @@ def read_run(folder: Path) -> Run:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     partition = None
     if (folder / "partition.csv").exists():
-        partition = pd.read_csv(folder / "partition.csv")
-        partition.index.name = "client"
+        partition = _read_partition(folder / "partition.csv")
     return Run(folder, config, history, summary, partition)
 
 
