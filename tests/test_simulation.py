@@ -84,6 +84,7 @@ def test_three_clients_two_rounds_end_to_end(colour_data_root, tmp_path, tiny_ba
     assert summary["parameters"]["shared_per_client"] == 4 * width
     assert summary["parameters"]["private_per_client"] == 0
     assert 0 <= summary["global/accuracy"] <= 1 and len(summary["clients/accuracy"]) == 3
+    assert 0 < summary["rounds_time_s"] < summary["wall_time_s"]  # set-up (features) comes before the rounds
     counts = np.loadtxt(folder / "partition.csv", delimiter=",", skiprows=1)
     assert counts.shape == (3, 3) and counts.sum() == 18  # half of 36 images are training images
     assert yaml.safe_load((folder / "config.yaml").read_text())["partition"]["alpha"] == 1.0
