@@ -194,20 +194,32 @@ _ARRAYS = ("pooled", "patches", "view_pooled", "view_patches")
 def _read(folder: Path, patches: bool, views: int) -> FeatureTable | None:
     wanted = ["pooled"] + (["patches"] if patches else []) + (["view_pooled"] if views else []) + \
         (["view_patches"] if views and patches else [])
-    if not (folder / "meta.json").exists() or not all((folder / f"{name}.npy").exists() for name in wanted):
-        return None
-    arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in wanted}
-    return FeatureTable(**{"patches": None, **arrays})
+    arrays = read_arrays(folder, wanted)
+    return None if arrays is None else FeatureTable(**{"patches": None, **arrays})
 
 
 def _write(folder: Path, table: FeatureTable, backbone: FrozenCLIP, count: int) -> None:
+    write_arrays(folder, {name: getattr(table, name) for name in _ARRAYS},
+                 {"model": backbone.name, "pretrained": backbone.pretrained, "images": count})
+
+
+def read_arrays(folder: Path, wanted: list[str]) -> dict[str, torch.Tensor] | None:
+    """The ``wanted`` arrays of a cache folder (memory-mapped, copy on write), or None when the
+    folder is incomplete (never written, or written by a run that was killed)."""
+    if not (folder / "meta.json").exists() or not all((folder / f"{name}.npy").exists() for name in wanted):
+        return None
+    return {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in wanted}
+
+
+def write_arrays(folder: Path, arrays: dict[str, torch.Tensor | None], meta: dict) -> None:
+    """Write a cache folder atomically: into a temporary sibling, then renamed over ``folder``, so
+    a reader never sees half a cache (None arrays are skipped)."""
     temporary = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     temporary.mkdir(parents=True, exist_ok=True)
-    for name in _ARRAYS:
-        if getattr(table, name) is not None:
-            np.save(temporary / f"{name}.npy", getattr(table, name).numpy())
-    (temporary / "meta.json").write_text(json.dumps({"model": backbone.name, "pretrained": backbone.pretrained,
-                                                     "images": count}))
+    for name, array in arrays.items():
+        if array is not None:
+            np.save(temporary / f"{name}.npy", array.numpy())
+    (temporary / "meta.json").write_text(json.dumps(meta))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(temporary, folder)

@@ -15,16 +15,12 @@ ViT-B width are about 2 GB that way); the pooled features stay float32.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fedvlm.backbone.cache import default_cache_dir
+from fedvlm.backbone.cache import default_cache_dir, read_arrays, write_arrays
 from fedvlm.backbone.clip import FrozenCLIP
 
 
@@ -104,24 +100,13 @@ _ARRAYS = ("pooled", "token_ids", "eot", "tokens")
 
 
 def _read(folder: Path, tokens: bool) -> CaptionFeatures | None:
-    wanted = [name for name in _ARRAYS if name != "tokens" or tokens]
-    if not (folder / "meta.json").exists() or not all((folder / f"{name}.npy").exists() for name in wanted):
-        return None
-    arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in wanted}
-    return CaptionFeatures(**arrays)
+    arrays = read_arrays(folder, [name for name in _ARRAYS if name != "tokens" or tokens])
+    return None if arrays is None else CaptionFeatures(**arrays)
 
 
 def _write(folder: Path, table: CaptionFeatures, backbone: FrozenCLIP, count: int) -> None:
-    temporary = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    temporary.mkdir(parents=True, exist_ok=True)
-    for name in _ARRAYS:
-        if getattr(table, name) is not None:
-            np.save(temporary / f"{name}.npy", getattr(table, name).numpy())
-    (temporary / "meta.json").write_text(json.dumps({"model": backbone.name, "pretrained": backbone.pretrained,
-                                                     "captions": count}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(temporary, folder)
+    write_arrays(folder, {name: getattr(table, name) for name in _ARRAYS},
+                 {"model": backbone.name, "pretrained": backbone.pretrained, "captions": count})
 
 
 def clear_memory_cache() -> None:
