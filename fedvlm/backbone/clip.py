@@ -273,11 +273,7 @@ class FrozenCLIP(nn.Module):
             mask = mask[:length, :length]
         with self._autocast(x.device):
             x = tower.transformer(x, attn_mask=mask)
-            x = tower.ln_final(x)
-            x = x[torch.arange(x.shape[0], device=x.device), eot_positions.to(x.device)]
-            projection = tower.text_projection
-            if projection is not None:
-                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+            x = _text_output(tower, x, eot_positions)
         return x.float()
 
     def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
@@ -316,11 +312,7 @@ class FrozenCLIP(nn.Module):
                     injected = torch.gather(layer_prompts[:, j - 1].to(x.dtype), 1, gather_index)
                     x = torch.where(is_prompt, injected, x)
                 x = _run_block(block, x, mask, batch_first)
-            x = tower.ln_final(x)
-            x = x[torch.arange(x.shape[0], device=x.device), eot_positions.to(x.device)]
-            projection = tower.text_projection
-            if projection is not None:
-                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+            x = _text_output(tower, x, eot_positions)
         return x.float()
 
     def encode_prompted_images(self, pixels: torch.Tensor, prompts: torch.Tensor | None = None) -> ImageFeatures:
@@ -397,6 +389,16 @@ class FrozenCLIP(nn.Module):
 def _image_size(visual: nn.Module) -> int:
     size = getattr(visual, "image_size", 224)
     return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _text_output(tower: nn.Module, x: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+    """The text embedding read at each sequence's end-of-text token: final norm, EOT row, projection."""
+    x = tower.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_positions.to(x.device)]
+    projection = tower.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return x
 
 
 def _run_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, batch_first: bool) -> torch.Tensor:
