@@ -11,7 +11,6 @@ from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import multilabel_average_precision
 
 
 def accuracy(logits_or_predictions: Tensor, labels: Tensor) -> float:
@@ -29,6 +28,10 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     least one known positive (AP is undefined without one: a client's test shard may miss a class).
     Tied scores are handled as scikit-learn's ``average_precision_score`` does.
     """
+    # imported here: torchmetrics takes ~4 s to import (it pulls torchvision), which every CLI
+    # command, including its one-line errors, would otherwise pay
+    from torchmetrics.functional.classification import multilabel_average_precision
+
     has_positive = (targets == 1).any(dim=0)
     if not bool(has_positive.any()):
         raise ValueError("mean_average_precision needs at least one positive label")
