@@ -39,7 +39,7 @@ _MEMORY: dict[str, CaptionFeatures] = {}
 
 
 def caption_key(backbone: FrozenCLIP, captions: list[str], tokens: bool) -> str:
-    digest = hashlib.sha256(f"{backbone.identity()}|tokens={tokens}|v1".encode())
+    digest = hashlib.sha256(f"{backbone.identity()}|tokens={tokens}|v2".encode())
     for caption in captions:
         digest.update(caption.encode())
         digest.update(b"\n")
@@ -52,16 +52,19 @@ def encode_captions(backbone: FrozenCLIP, captions: list[str], tokens: bool, bat
     ids = backbone.tokenize(captions) if captions else torch.zeros(0, backbone.context_length, dtype=torch.long)
     eot = backbone.eot_positions(ids)
     length = int(eot.max()) + 1 if len(ids) else 1
-    ids = ids[:, :length]
     pooled, token_rows = [], []
     for start in range(0, len(ids), batch_size):
+        # Full-length ids: encode_text_tokens trims them itself where trimming cannot change the
+        # result (a causal tower); a tower without the causal mask reads the padding too.
         outputs, batch_eot = backbone.encode_text_tokens(ids[start : start + batch_size])
         outputs, batch_eot = outputs.cpu(), batch_eot.cpu()
         pooled.append(outputs[torch.arange(len(outputs)), batch_eot])
         if tokens:
+            outputs = outputs[:, :length]
             padded = torch.zeros(len(outputs), length, outputs.shape[-1], dtype=torch.float16)
             padded[:, : outputs.shape[1]] = outputs.half()
             token_rows.append(padded)
+    ids = ids[:, :length]
     dim = backbone.embed_dim
     return CaptionFeatures(
         pooled=torch.cat(pooled) if pooled else torch.zeros(0, dim),

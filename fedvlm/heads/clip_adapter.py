@@ -13,7 +13,6 @@ visual adapter) or both. Trained with RDB's triplet loss alone by default (``los
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -44,10 +43,6 @@ class CLIPAdapterHead(RetrievalHead):
         for side in config.adapt:
             setattr(self, f"{side}_fc1", self._uniform((dim, hidden), dim))
             setattr(self, f"{side}_fc2", self._uniform((hidden, dim), hidden))
-
-    def _uniform(self, shape, fan_in: int) -> torch.nn.Parameter:
-        bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's default initialisation
-        return self.slot_parameter((torch.rand(shape, generator=self.generator) * 2 - 1) * bound)
 
     def _adapt(self, feature: torch.Tensor, side: str, slot: torch.Tensor, weights) -> torch.Tensor:
         if side not in self.options.adapt:

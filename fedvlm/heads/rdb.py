@@ -38,7 +38,6 @@ parameters" of the federated retrieval.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -108,10 +107,6 @@ class RDBHead(RetrievalHead):
         self._linear("text_up", r, dim, zero=True)
 
     # ------------------------------------------------------------------------- parameters
-
-    def _uniform(self, shape, fan_in: int) -> torch.nn.Parameter:
-        bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's and nn.GRU's default initialisation
-        return self.slot_parameter((torch.rand(shape, generator=self.generator) * 2 - 1) * bound)
 
     def _linear(self, name: str, fan_in: int, fan_out: int, bias: bool = True, zero: bool = False) -> None:
         """``{name}_weight [S, in, out]`` (+ ``{name}_bias [S, out]``)."""

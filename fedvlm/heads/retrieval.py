@@ -29,6 +29,7 @@ The sigma_i describe a client's own loss scales and stay private; everything els
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -96,8 +97,15 @@ class RetrievalHead(Head):
         raise NotImplementedError
 
     def teacher_names(self) -> list[str]:
-        """Parameters the EMA teacher averages (the ones the caption branch reads)."""
+        """Parameters the EMA teacher averages: every one but the classifier and sigma, a superset
+        of what the caption branch reads (a head whose image side is large leaves it out)."""
         return [n for n in self.trainable() if n not in ("classifier", "loss_sigma")]
+
+    def _uniform(self, shape, fan_in: int) -> torch.nn.Parameter:
+        """A slot parameter drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch.nn.Linear's and
+        nn.GRU's default initialisation, from the head's generator."""
+        bound = 1 / math.sqrt(fan_in)
+        return self.slot_parameter((torch.rand(shape, generator=self.generator) * 2 - 1) * bound)
 
     # ----------------------------------------------------------------------------- plumbing
 

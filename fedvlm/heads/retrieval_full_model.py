@@ -48,6 +48,10 @@ class RetrievalFullModelHead(RetrievalHead):
             self.text = nn.ParameterDict({k: self.slot_parameter(model.get_parameter(n))
                                           for k, n in self._text_names.items()})
 
+    def teacher_names(self) -> list[str]:
+        """The EMA teacher only embeds captions: a copy of the image tower would be dead weight."""
+        return [n for n in super().teacher_names() if not n.startswith("visual.")]
+
     def embed_images(self, batch: Batch, weights) -> torch.Tensor:
         out = torch.zeros(len(batch.slot), self.backbone.embed_dim, device=batch.pixels.device)
         for slot in torch.unique(batch.slot).tolist():

@@ -6,8 +6,9 @@ full fine-tuning) and adds caption inputs to ``batch.extras``, always shaped ``[
 * training (``train=True``): K = 1, the pair's caption. Which of the image's captions is drawn
   per sample from the client's own random stream: :func:`fedvlm.client.training.train_pass`
   draws a "view" index per sample when the batch source reports ``num_views`` > 0, and here view
-  v picks caption ``v mod n`` of the image (n = its caption count). So an epoch visits every
-  image once with one of its captions, and batched and sequential training draw the same ones.
+  v picks caption ``v mod n`` of the image (n = its caption count; ``num_views`` is a multiple of
+  every count, so each of an image's captions is equally likely). So an epoch visits every image
+  once with one of its captions, and batched and sequential training draw the same ones.
 * evaluation: K = the most captions any image has; ``caption_valid [B, K]`` marks real ones.
 
 Caption features come from the frozen text tower once (:mod:`fedvlm.backbone.text_cache`):
@@ -88,8 +89,11 @@ class CaptionBatches:
 
     @property
     def num_views(self) -> int:
-        """Each image's captions are its "views": train_pass draws one per sample."""
-        return self.captions_per_image
+        """Each image's captions are its "views": train_pass draws one per sample, uniformly in
+        ``range(num_views)``, and view v picks caption ``v mod n``. The least common multiple of
+        the caption counts makes that uniform over every image's own n captions (with the largest
+        count alone, an image with 3 of 5 would draw its first two captions twice as often)."""
+        return int(np.lcm.reduce(np.unique(self.counts)))
 
     def caption_rows(self, rows: np.ndarray, train: bool, views: np.ndarray | None) -> np.ndarray:
         """``[B, K]`` caption indices (-1: none) of the batch's image rows."""

@@ -72,3 +72,11 @@ def test_full_fine_tuning_slots_are_independent(tiny_backbone, data):
     assert all(p.grad is None or p.grad[1].abs().sum() == 0 for p in head.trainable().values())
     assert head.visual["conv1__weight"].grad[0].abs().sum() > 0
     assert head.text["token_embedding__weight"].grad[0].abs().sum() > 0
+
+
+def test_full_fine_tuning_ema_teacher_holds_the_text_tower_only(tiny_backbone, data):
+    head = _full(tiny_backbone, loss={"terms": ["cross", "consistency"], "weighting": "sum"})
+    head.write_slot(0, head.read_slot(0))
+    assert head._teacher and all(name.startswith("text.") for name in head._teacher)
+    head.training_loss(data.batch(np.arange(4), np.zeros(4))).sum().backward()
+    head.after_step(torch.tensor([True]))

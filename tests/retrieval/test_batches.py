@@ -45,3 +45,14 @@ def test_training_draws_one_caption_per_image_by_view_and_evaluation_gets_them_a
     test = data.batch(np.array([0, 1]), np.zeros(2), train=False)
     assert test.extras["caption_valid"].tolist() == [[True, True, True], [True, False, False]]
     assert test.extras["caption_pooled"][1, 1:].abs().sum() == 0
+
+
+def test_every_caption_of_an_image_is_equally_likely_when_caption_counts_differ():
+    features = CaptionFeatures(pooled=torch.zeros(5, 2), token_ids=torch.zeros(5, 3),
+                               eot=torch.ones(5, dtype=torch.long))
+    data = CaptionBatches(_Images(), features, [np.array([0, 1, 2]), np.array([3, 4])], "cpu")
+    views = np.arange(data.num_views)  # train_pass draws views uniformly from range(num_views)
+    for row, captions in ((0, [0, 1, 2]), (1, [3, 4])):
+        chosen = data.caption_rows(np.full(len(views), row), train=True, views=views)[:, 0]
+        counts = np.bincount(chosen, minlength=5)[captions]
+        assert (counts == counts[0]).all(), (row, counts)
