@@ -146,7 +146,8 @@ def solve_entropic_ot(
     plan's row sums and the row sums the next row update would give it, i.e. ||T1 - a||_1 when
     balanced and ||T1 - min(a, K v)||_1 when capped (zero exactly at the fixed point). The
     loop stops when its max over the batch is at most ``tol``; checking it costs one host sync
-    per iteration and no extra kernel work.
+    per iteration and no extra kernel work. ``tol = 0`` runs exactly ``max_iter`` iterations
+    (each problem's plan then never depends on the rest of the batch) and checks once, at the end.
     """
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
@@ -216,7 +217,8 @@ def _scaling_iterations(
         # u = min(a / Kv, 1) is the exact maximiser under that constraint (generalised Sinkhorn),
         # i.e. the row sums become min(a, Kv).
         log_row_target = torch.minimum(log_a, log_kv) if row_mass_capped else log_a
-        if iterations > 0:
+        # as in _kernel_iterations: tol = 0 means exactly max_iter iterations, no host sync before
+        if iterations > 0 and (tol > 0 or iterations == max_iter):
             row_sums = torch.exp(log_u + log_kv)
             error = (row_sums - torch.exp(log_row_target)).abs().sum(dim=-1).max().item()
             if error <= tol or iterations == max_iter:

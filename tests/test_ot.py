@@ -182,6 +182,16 @@ def test_early_stopping_stops_on_an_easy_problem():
     torch.testing.assert_close(easy.plan, exhaustive.plan, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("capped", [True, False])
+def test_zero_tol_runs_exactly_max_iter_in_the_log_domain_too(capped):
+    """tol = 0 is the heads' default (batch-independent plans): a fixed iteration count even when
+    the log-domain solver (partial OT always; balanced OT at small eps) reaches a zero error."""
+    cost = torch.zeros(5, 3) if capped else torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # both exact after a few
+    solution = solve_entropic_ot(cost, eps=0.1 if capped else 0.01, max_iter=100, tol=0.0, row_mass_capped=capped,
+                                 default_column_mass=0.8 if capped else 1.0)
+    assert solution.iterations == 100
+
+
 def test_error_reported_at_max_iter_is_that_of_the_returned_plan():
     generator = torch.Generator().manual_seed(12)
     cost = torch.rand(10, 6, generator=generator, dtype=torch.float64)

@@ -49,7 +49,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from fedvlm.heads.base import Batch, Head, HeadConfig, RoundContext, normalize, slot_mean
@@ -76,17 +75,23 @@ class FedRSCLIPConfig(HeadConfig):
     global_model: Literal["initial_private", "shared_only"] = "initial_private"
 
 
-def alignment_loss(private: torch.Tensor, shared: torch.Tensor, others: torch.Tensor, scale: float) -> torch.Tensor:
-    """Eq. 9 for one client: log(1 + sum_j exp(s * sim(p, s_j) - s * sim(p, s_g))).
+def alignment_loss(private: torch.Tensor, shared: torch.Tensor, others: torch.Tensor, scale: float,
+                   keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 9: log(1 + sum_j exp(s * sim(p, s_j) - s * sim(p, s_g))), for any batch of clients.
 
-    private, shared: ``[C, D]`` (mapped and normalised features), others ``[J, C, D]``;
-    sim(x, y) = mean over classes of <x_c, y_c>. No other client (J = 0) gives 0.
+    private, shared: ``[..., C, D]`` (mapped and normalised features), others ``[..., J, C, D]``
+    (leading dims broadcast: one ``[J, C, D]`` serves every client); keep ``[..., J]`` (bool,
+    None: all) says which others count; sim(x, y) = mean over classes of <x_c, y_c>. -> ``[...]``;
+    no other client kept gives 0.
     """
-    if others.shape[0] == 0:
-        return private.sum() * 0.0
-    positive = (private * shared).sum(-1).mean()
-    negatives = (private.unsqueeze(0) * others).sum(-1).mean(-1)  # [J]
-    return F.softplus(torch.logsumexp(scale * (negatives - positive), dim=0))
+    classes = private.shape[-2]
+    positive = (private * shared).sum(-1).mean(-1)  # [...]
+    negatives = torch.einsum("...cd,...jcd->...j", private, others) / classes  # [..., J]
+    exponents = scale * (negatives - positive.unsqueeze(-1))
+    if keep is not None:
+        exponents = exponents.masked_fill(~keep, float("-inf"))
+    # log(1 + sum exp) as logsumexp over [0, exponents]: finite, with finite gradients, when nothing is kept
+    return torch.logsumexp(torch.cat([exponents.new_zeros(*exponents.shape[:-1], 1), exponents], dim=-1), dim=-1)
 
 
 @HEADS.register("fedrsclip")
@@ -112,10 +117,11 @@ class FedRSCLIPHead(Head):
         self.private = tuple(private)
         self.uses_dpac = config.prompts == "dual" and config.dpac
         self.needs_previous_uploads = self.uses_dpac  # the server keeps last round's uploads only for DPAC
-        self._slot_clients: list[int] = []
+        # client id in each slot (-1: unknown), and the clients whose last uploads are the negatives
+        self.register_buffer("slot_clients", torch.full((num_slots,), -1), persistent=False)  # [S]
+        self.register_buffer("other_clients", torch.zeros(0, dtype=torch.long), persistent=False)  # [K]
         self.register_buffer("other_features", torch.zeros(0, len(classnames), backbone.embed_dim), persistent=False)
         self.register_buffer("global_features", torch.zeros(0, backbone.embed_dim), persistent=False)  # [C, D]
-        self._other_clients: list[int] = []
 
     # ------------------------------------------------------------------------------ text
 
@@ -152,43 +158,48 @@ class FedRSCLIPHead(Head):
     def begin_round(self, context: RoundContext) -> None:
         """Encode, once per round, the shared prompts the server received last round and the global
         shared prompt sent this round (constants of DPAC)."""
-        self._other_clients = sorted(context.previous_uploads) if self.uses_dpac else []
-        if not self._other_clients:
+        others = sorted(context.previous_uploads) if self.uses_dpac else []
+        device = self.shared_context.device
+        self.other_clients = torch.tensor(others, dtype=torch.long, device=device)
+        if not others:
             self.other_features = self.other_features.new_zeros(0, *self.other_features.shape[1:])
             return
-        device = self.shared_context.device
         with torch.no_grad():
-            contexts = torch.stack([context.previous_uploads[k]["shared_context"] for k in self._other_clients])
+            contexts = torch.stack([context.previous_uploads[k]["shared_context"] for k in others])
             self.other_features = normalize(self.layout.encode(self.backbone, contexts.to(device)))  # [K, C, D]
             if self.config.dpac_anchor == "global":
                 received = context.global_shared["shared_context"].to(device).unsqueeze(0)
                 self.global_features = normalize(self.layout.encode(self.backbone, received))[0]  # [C, D]
 
     def begin_pass(self, clients: list[int]) -> None:
-        self._slot_clients = list(clients)
+        self.slot_clients = torch.full_like(self.slot_clients, -1)
+        self.slot_clients[: len(clients)] = torch.as_tensor(clients, dtype=torch.long)
 
-    def _mapped(self, features: torch.Tensor, slot: int, name: str) -> torch.Tensor:
+    def _mapped(self, features: torch.Tensor, slots: torch.Tensor, name: str) -> torch.Tensor:
+        """features ``[U, ..., C, D]`` through each unit's own map (phi or psi), then normalised."""
         if self.config.dpac_map == "linear":
-            features = features @ getattr(self, name)[slot]
+            maps = getattr(self, name)[slots]  # [U, D, D]
+            features = features @ maps.view(maps.shape[0], *[1] * (features.dim() - 3), *maps.shape[1:])
         return normalize(features)
 
     def dpac_loss(self, text: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Eq. 9 for every slot in ``slots`` -> ``[U]``. text: ``[U, 2, C, D]``."""
-        losses = []
-        for unit, slot in enumerate(slots.tolist()):
-            own = self._slot_clients[slot] if slot < len(self._slot_clients) else None
-            keep = [i for i, k in enumerate(self._other_clients) if k != own]
-            others = self._mapped(self.other_features[keep], slot, "psi")
-            anchor = self.global_features if self.config.dpac_anchor == "global" else text[unit, 0]
-            losses.append(alignment_loss(self._mapped(text[unit, 1], slot, "phi"),
-                                         self._mapped(anchor, slot, "psi"), others, self.config.dpac_scale))
-        return torch.stack(losses)
+        """Eq. 9 for every slot in ``slots`` -> ``[U]``. text: ``[U, 2, C, D]``.
+
+        Each slot's negatives are the other clients' uploads: its own client's is masked out."""
+        units = slots.shape[0]
+        anchor = self.global_features.expand(units, -1, -1) if self.config.dpac_anchor == "global" else text[:, 0]
+        others = self.other_features  # [K, C, D], normalised in begin_round
+        if self.config.dpac_map == "linear":
+            others = self._mapped(others.expand(units, -1, -1, -1), slots, "psi")  # [U, K, C, D]
+        keep = self.other_clients.unsqueeze(0) != self.slot_clients[slots].unsqueeze(1)  # [U, K]
+        return alignment_loss(self._mapped(text[:, 1], slots, "phi"), self._mapped(anchor, slots, "psi"), others,
+                              self.config.dpac_scale, keep)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         slots, position = torch.unique(batch.slot, return_inverse=True)
         text = self.text_features(slots)
         loss = slot_mean(self.sample_loss(self.logits(batch, text, position), batch.labels), batch.slot, self.num_slots)
-        if self.uses_dpac and self.config.dpac_weight and len(self._other_clients):
+        if self.uses_dpac and self.config.dpac_weight and len(self.other_clients):
             loss = loss.index_add(0, slots, self.config.dpac_weight * self.dpac_loss(text, slots))
         return loss
 

@@ -8,7 +8,7 @@ from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from head_checks import CLASSES, TEMPLATE, TensorBatches, assert_batched_equals_sequential, assert_slots_independent
 from fedvlm.heads.base import RoundContext, normalize, slot_mean
 from fedvlm.heads.fedotp import FedOTPConfig, FedOTPHead
-from fedvlm.heads.fedrsclip import FedRSCLIPConfig, FedRSCLIPHead
+from fedvlm.heads.fedrsclip import FedRSCLIPConfig, FedRSCLIPHead, alignment_loss
 
 
 def _head(backbone, slots=1, **options):
@@ -75,6 +75,24 @@ def test_dpac_is_equation_9_written_out(tiny_backbone, anchor):
         expected = math.log(1 + sum(math.exp(7.0 * similarity(private, other) - 7.0 * similarity(private, shared))
                                     for other in others))
         assert abs(ours[slot].item() - expected) < 1e-5
+
+
+def test_alignment_loss_batches_clients_and_masks_their_own_upload():
+    """One call serves every slot (no per-client loop in the training step): each row equals
+    Eq. 9 on that client's kept negatives alone, and a client with no kept negative gets 0 with
+    finite gradients."""
+    generator = torch.Generator().manual_seed(4)
+    private = normalize(torch.randn(3, 5, 8, generator=generator)).requires_grad_()
+    shared = normalize(torch.randn(3, 5, 8, generator=generator))
+    others = normalize(torch.randn(4, 5, 8, generator=generator))
+    keep = torch.tensor([[True, False, True, True], [True, True, True, True], [False, False, False, False]])
+    losses = alignment_loss(private, shared, others, 7.0, keep)
+    for unit in range(2):
+        expected = alignment_loss(private[unit], shared[unit], others[keep[unit]], 7.0)
+        torch.testing.assert_close(losses[unit], expected)
+    assert losses[2].item() == 0.0
+    losses.sum().backward()
+    assert torch.isfinite(private.grad).all() and private.grad[2].abs().sum() == 0
 
 
 @pytest.mark.parametrize("anchor", ["global", "local"])
