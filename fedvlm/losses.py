@@ -50,7 +50,8 @@ def asymmetric_loss_from_probabilities(
     focal_grad: bool = False,
     reduction: Reduction = "sum",
 ) -> Tensor:
-    """Asymmetric Loss on probabilities ``[B, C]`` in [0, 1] (FedMPT's P' is one already).
+    """Asymmetric Loss on probabilities ``[B, C]`` in [0, 1] (heads return logits and train
+    through :func:`asymmetric_loss`; FedMPT's P' is in logit units there, not a probability).
 
     Per entry, with p_m = max(p - clip, 0) (probability shifting: easy negatives below
     ``clip`` are discarded)::

@@ -30,19 +30,31 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     """
     # imported here: torchmetrics takes ~4 s to import (it pulls torchvision), which every CLI
     # command, including its one-line errors, would otherwise pay
-    from torchmetrics.functional.classification import multilabel_average_precision
+    from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
 
     has_positive = (targets == 1).any(dim=0)
     if not bool(has_positive.any()):
         raise ValueError("mean_average_precision needs at least one positive label")
-    per_class = multilabel_average_precision(
-        scores[:, has_positive],
-        targets[:, has_positive].long(),
-        num_labels=int(has_positive.sum()),
-        average="none",
-        ignore_index=-1,
-    )
+    # AP depends only on the order of the scores. torchmetrics applies a sigmoid to scores outside
+    # [0, 1], which in float32 rounds every logit above ~17 to 1.0 and ties them; ranks in [0, 1]
+    # keep every order and every tie exactly.
+    ranks = _dense_ranks(scores[:, has_positive])
+    kept = targets[:, has_positive].long()
+    if ranks.shape[1] == 1:  # torchmetrics' multilabel form needs at least two labels
+        return binary_average_precision(ranks[:, 0], kept[:, 0], ignore_index=-1).item()
+    per_class = multilabel_average_precision(ranks, kept, num_labels=ranks.shape[1], average="none", ignore_index=-1)
     return per_class.mean().item()
+
+
+def _dense_ranks(scores: Tensor) -> Tensor:
+    """Per column, the rank of each score among the column's distinct values, scaled into [0, 1]
+    (equal scores share a rank): ``[N, C]`` -> ``[N, C]`` float64."""
+    order = scores.argsort(dim=0)
+    ordered = scores.gather(0, order)
+    steps = torch.zeros_like(ordered, dtype=torch.long)
+    steps[1:] = (ordered[1:] != ordered[:-1]).long()
+    ranks = torch.empty_like(steps).scatter_(0, order, steps.cumsum(0))
+    return ranks.double() / ranks.max().clamp(min=1)
 
 
 def multilabel_f1(

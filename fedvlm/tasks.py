@@ -22,7 +22,6 @@ TASKS: Registry = Registry("task")
 
 class Task:
     primary: str = "accuracy"  # the headline metric (progress bar, per-client spread, report)
-    default_loss: str = "cross_entropy"
     expects: str = "scores"  # the heads' evaluation output this task reads (Head.output_kind)
 
     def __init__(self, threshold: float = 0.5, top_k: int | None = None):
@@ -35,7 +34,6 @@ class Task:
 @TASKS.register("classification")
 class Classification(Task):
     primary = "accuracy"
-    default_loss = "cross_entropy"
 
     def metrics(self, scores, labels):
         if len(labels) == 0:
@@ -46,7 +44,6 @@ class Classification(Task):
 @TASKS.register("multilabel")
 class MultiLabel(Task):
     primary = "mAP"
-    default_loss = "asl"
 
     def metrics(self, scores, labels):
         if len(labels) == 0 or not bool((labels == 1).any()):

@@ -72,6 +72,27 @@ def test_map_skips_classes_without_positives_and_ignores_unknown_labels():
     assert mean_average_precision(scores, targets) == pytest.approx(np.mean(expected), abs=AP_TOLERANCE)
 
 
+def test_map_on_large_logits_keeps_their_order():
+    """Heads return logits (FedMPT's and DualCoOp's reach 5 x 20 = 100): a sigmoid in float32
+    would round every logit above ~17 to 1.0 and tie them; the AP must be the logits' own."""
+    scores, targets = multilabel_problem(seed=4, samples=60, classes=5)
+    logits = (20 + 30 * scores).float()  # every score far into the sigmoid's flat top
+
+    expected = np.mean([average_precision_score(targets[:, c], logits[:, c]) for c in range(targets.shape[1])])
+
+    assert mean_average_precision(logits, targets) == pytest.approx(expected, abs=AP_TOLERANCE)
+
+
+def test_map_with_a_single_class_that_has_a_positive():
+    """A client's test share may hold positives of one class only."""
+    scores, targets = multilabel_problem(seed=5, samples=40, classes=4)
+    targets[:, 1:] = 0
+
+    expected = average_precision_score(targets[:, 0], scores[:, 0])
+
+    assert mean_average_precision(scores, targets) == pytest.approx(expected, abs=AP_TOLERANCE)
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
 def test_multilabel_f1_equals_sklearn(threshold):
     scores, targets = multilabel_problem(seed=4)

@@ -13,6 +13,7 @@ Registered partitions (``partition.name`` in a config): ``even_per_class`` (Fed-
 
 from __future__ import annotations
 
+import hashlib
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -260,6 +261,11 @@ def _unit_rows(features) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
+# The last clustering, by (features digest, num_clients, seed): a run partitions the train split
+# and then assigns the test split to the same clusters; k-means on COCO-sized splits takes minutes.
+_LAST_CLUSTERING: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def feature_clusters(features, num_clients: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """FedMPT's heterogeneity partition (Sec. 3.1, Sec. 5 "Heterogeneity Benchmark"): k-means of
     the zero-shot CLIP image features into ``num_clients`` clusters, one cluster per client.
@@ -267,11 +273,16 @@ def feature_clusters(features, num_clients: int, seed: int) -> tuple[list[np.nda
     features: ``[N, D]`` pooled image embeddings, L2-normalised here (CLIP compares them by
     cosine). The paper sets the number of clusters to S = t% x C (t in {10, 20, 40, 60, 80,
     100}); see :func:`clients_for_class_fraction`. Returns (the clients' sorted row indices, the
-    ``[num_clients, D]`` centroids on the unit-normalised features).
+    ``[num_clients, D]`` centroids on the unit-normalised features). The last result is kept, so
+    the same call again (the test split's assignment) does not repeat the k-means.
     """
     points = _unit_rows(features)
-    assignment, centroids = kmeans(points, num_clients, seed)
-    return [np.flatnonzero(assignment == k) for k in range(num_clients)], centroids
+    key = (points.shape, hashlib.blake2b(points.tobytes(), digest_size=16).digest(), int(num_clients), int(seed))
+    if key not in _LAST_CLUSTERING:
+        _LAST_CLUSTERING.clear()
+        _LAST_CLUSTERING[key] = kmeans(points, num_clients, seed)
+    assignment, centroids = _LAST_CLUSTERING[key]
+    return [np.flatnonzero(assignment == k) for k in range(num_clients)], centroids.copy()
 
 
 def clients_for_class_fraction(fraction: float, num_classes: int) -> int:

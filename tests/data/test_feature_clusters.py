@@ -81,3 +81,21 @@ def test_clients_for_class_fraction_gives_the_papers_client_counts():
     assert [clients_for_class_fraction(t, 80) for t in fractions] == [8, 16, 32, 48, 64, 80]  # COCO2014
     assert [clients_for_class_fraction(t, 81) for t in fractions] == [8, 16, 32, 49, 65, 81]  # NUS-WIDE
     assert clients_for_class_fraction(0.6, 36) == 22 and clients_for_class_fraction(0.6, 60) == 36
+
+
+def test_test_assignment_reuses_the_train_clustering(monkeypatch):
+    """A run clusters the train split, then assigns the test split to those clusters: the k-means
+    (minutes on COCO-sized splits) runs once, and a different split or seed is clustered anew."""
+    from fedvlm.data import partition
+
+    calls = []
+    original = partition.kmeans
+    monkeypatch.setattr(partition, "kmeans", lambda *args, **kw: calls.append(1) or original(*args, **kw))
+    config = load_config(overrides=["name=x", "data.dataset=voc2007", "partition.name=feature_clusters",
+                                    "partition.num_clients=3"]).partition
+    train, test = _blobs(7, per_blob=15, blobs=3), _blobs(7, per_blob=4, blobs=3)
+    shares = config(np.zeros((len(train), 2)), seed=0, features=train)
+    config.split_test(np.zeros((len(test), 2)), seed=0, features=test, train_features=train)
+    assert len(calls) == 1
+    again = config(np.zeros((len(train), 2)), seed=1, features=train)
+    assert len(calls) == 2 and sum(len(s) for s in again) == sum(len(s) for s in shares) == len(train)

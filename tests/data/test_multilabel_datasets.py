@@ -170,3 +170,38 @@ def test_missing_voc_fails_in_one_line_naming_it(tmp_path, capsys):
         warnings.simplefilter("error")
         with pytest.raises(DataError, match="NUS-WIDE.*does not exist"):
             load_dataset("nuswide", tmp_path)
+
+
+def test_label_files_with_values_other_than_0_or_1_are_refused(tmp_path):
+    """A -1 in a 0/1 label file would silently become "unknown" (left out of loss and metrics); a
+    COCO annotation naming an image the JSON does not list is named as such, not as a missing field."""
+    from fedvlm.data.formats.coco import read_coco
+
+    writer = NUSWIDEWriter(tmp_path / "nus", ["sky", "tree"])
+    for split in ("train", "test"):
+        writer.add(_rgb(1), np.array([1, 0]), split, "f", f"{split}.jpg")
+    writer.close()
+    (tmp_path / "nus" / "Groundtruth" / "TrainTestLabels" / "Labels_tree_Train.txt").write_text("-1\n")
+    with pytest.raises(DataError, match="Labels_tree_Train.txt holds a line that is not 0 or 1"):
+        read_nuswide(tmp_path / "nus", "train")
+
+    writer = MLRSNetWriter(tmp_path / "mlrs", ["airplane", "trees"])
+    writer.add(_rgb(1), np.array([1, 0]), "airport")
+    writer.close()
+    (tmp_path / "mlrs" / "labels" / "airport.csv").write_text("image,airplane,trees\nairport_00001.jpg,1,-1\n")
+    with pytest.raises(DataError, match="not 0 or 1"):
+        read_mlrsnet(tmp_path / "mlrs")
+
+    writer = MultiSceneWriter(tmp_path / "ms", ["Apron", "Beach"])
+    writer.add(_rgb(1), np.array([1, 0]), "train", "a")
+    writer.close()
+    (tmp_path / "ms" / "Tra.csv").write_text("name,Apron,Beach\na,1,2\n")
+    with pytest.raises(DataError, match="not 0 or 1"):
+        read_multiscene(tmp_path / "ms", "train")
+
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "coco" / "annotations" / "instances_val2014.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 3, "name": "car"}],
+        "annotations": [{"id": 9, "image_id": 2, "category_id": 3}]}))
+    with pytest.raises(DataError, match="annotation 9 names image 2"):
+        read_coco(tmp_path / "coco", "val2014")

@@ -99,7 +99,11 @@ def read_coco(root: str | Path, split: str = "train2014") -> MultiLabelSet:
         row = {image["id"]: i for i, image in enumerate(images)}
         labels = np.zeros((len(images), len(categories)), dtype=np.float32)
         for annotation in annotations:
-            labels[row[annotation["image_id"]], column[annotation["category_id"]]] = 1.0
+            image, category = annotation["image_id"], annotation["category_id"]
+            if image not in row or category not in column:
+                raise DataError(f"{json_path}: annotation {annotation.get('id')} names image {image} / category "
+                                f"{category}, absent from its images / categories; expected COCO instances JSON")
+            labels[row[image], column[category]] = 1.0
         paths = [root / split / image["file_name"] for image in images]
         names = [c["name"] for c in categories]
         ids = [str(image["id"]) for image in images]

@@ -62,7 +62,9 @@ def read_mlrsnet(root: str | Path) -> MultiLabelSet:
     try:
         labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
     except ValueError:
-        raise DataError(f"MLRSNet: a label value under {_labels_folder(root)} is not 0 or 1") from None
+        labels = None
+    if labels is None or not np.isin(labels, (0, 1)).all():  # a stray -1 would silently mean "unknown"
+        raise DataError(f"MLRSNet: a label value under {_labels_folder(root)} is not 0 or 1")
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
         raise DataError(f"MLRSNet: image {missing} is missing; expected {LAYOUT}")

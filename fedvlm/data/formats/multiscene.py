@@ -49,7 +49,9 @@ def read_multiscene(root: str | Path, split: str = "train") -> MultiLabelSet:
     try:
         labels = np.asarray(rows, dtype=np.float32)
     except ValueError:
-        raise DataError(f"MultiScene: {file} holds a label value that is not 0 or 1") from None
+        labels = None
+    if labels is None or not np.isin(labels, (0, 1)).all():  # a stray -1 would silently mean "unknown"
+        raise DataError(f"MultiScene: {file} holds a label value that is not 0 or 1")
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
         raise DataError(f"MultiScene: image {missing} listed in {file.name} is missing; expected {LAYOUT}")

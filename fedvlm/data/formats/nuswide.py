@@ -73,6 +73,8 @@ def read_nuswide(root: str | Path, split: str = "train", skip_missing_images: bo
             labels[:, column] = np.asarray(values, dtype=np.float32)
         except ValueError:
             raise DataError(f"NUS-WIDE: {path} holds a line that is not 0 or 1") from None
+        if not np.isin(labels[:, column], (0, 1)).all():  # a stray -1 would silently mean "unknown"
+            raise DataError(f"NUS-WIDE: {path} holds a line that is not 0 or 1")
     paths = [root / "Flickr" / relative for relative in images]
     if skip_missing_images:
         present = np.array([p.is_file() for p in paths], dtype=bool)
