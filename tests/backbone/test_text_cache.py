@@ -3,6 +3,7 @@
 import torch
 
 from fedvlm.backbone import text_cache
+from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.backbone.text_cache import caption_features
 
 CAPTIONS = ["two cars parked in rows.", "a harbor with many ships. a pier on the left.", "trees"]
@@ -28,11 +29,13 @@ def test_features_are_cached_in_memory_and_on_disk(tiny_backbone, tmp_path, monk
     text_cache.clear_memory_cache()
 
 
-def test_pooled_features_are_encode_text_for_a_tower_that_cannot_be_trimmed(tiny_backbone, monkeypatch):
+def test_pooled_features_are_encode_text_for_a_tower_that_cannot_be_trimmed():
     # Without the causal mask every position reads the padding, so captions must not be cut at
-    # their longest EOT before encoding (encode_text runs the full context).
-    monkeypatch.setattr(tiny_backbone.text_tower, "attn_mask", None)
-    monkeypatch.setattr(tiny_backbone, "can_trim_text", False)
-    table = text_cache.encode_captions(tiny_backbone, CAPTIONS, tokens=True)
-    torch.testing.assert_close(table.pooled, tiny_backbone.encode_text(CAPTIONS), atol=1e-5, rtol=1e-5)
+    # their longest EOT before encoding (encode_text runs the full context). A backbone of its
+    # own: the shared fixture must keep its mask.
+    backbone = FrozenCLIP.load("fedvlm-tiny", None)
+    backbone.text_tower.attn_mask = None
+    backbone.can_trim_text = False
+    table = text_cache.encode_captions(backbone, CAPTIONS, tokens=True)
+    torch.testing.assert_close(table.pooled, backbone.encode_text(CAPTIONS), atol=1e-5, rtol=1e-5)
     assert table.tokens.shape[1] == table.token_ids.shape[1] == int(table.eot.max()) + 1
