@@ -33,14 +33,15 @@ def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torc
     by ``state`` (loaded in slot 0)."""
     head.write_slot(0, state)
     table = None
-    for number, start in enumerate(range(0, len(test_rows), batch_size)):
-        if number % world_size != rank:
-            continue
-        rows = test_rows[start : start + batch_size]
-        scores = _scores(head, data, rows, np.zeros(len(rows), dtype=np.int64))
-        if table is None:
-            table = torch.zeros(len(test_rows), *scores.shape[1:])
-        table[start : start + len(rows)] = scores
+    with head.backbone.reuse_text():  # the prompts are fixed while the table is scored
+        for number, start in enumerate(range(0, len(test_rows), batch_size)):
+            if number % world_size != rank:
+                continue
+            rows = test_rows[start : start + batch_size]
+            scores = _scores(head, data, rows, np.zeros(len(rows), dtype=np.int64))
+            if table is None:
+                table = torch.zeros(len(test_rows), *scores.shape[1:])
+            table[start : start + len(rows)] = scores
     return _reduce(table, len(test_rows), head, data, all_reduce if world_size > 1 else None)
 
 
@@ -60,8 +61,9 @@ def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Calla
             head.write_slot(slot, state_of(client))
         rows = np.concatenate([test_rows[k] for k in group])
         slots = np.concatenate([np.full(len(test_rows[k]), slot) for slot, k in enumerate(group)])
-        scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
-                            for i in range(0, len(rows), batch_size)])
+        with head.backbone.reuse_text():  # this group's prompts are fixed while it is scored
+            scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
+                                for i in range(0, len(rows), batch_size)])
         if table is None:
             table = torch.zeros(int(offsets[-1]), *scores.shape[1:])
         position = 0

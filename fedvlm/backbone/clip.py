@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import hashlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -169,6 +169,7 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.model.requires_grad_(False)
+        self._text_memo: dict[str, torch.Tensor] | None = None  # see reuse_text
         self.preprocess = preprocess
         self.name = name
         self.pretrained = pretrained
@@ -254,6 +255,32 @@ class FrozenCLIP(nn.Module):
         with torch.no_grad():
             return self.text_tower.token_embedding(token_ids.to(self.text_tower.token_embedding.weight.device))
 
+    @contextlib.contextmanager
+    def reuse_text(self):
+        """Within this block (and without gradients) a text forward whose inputs are byte for byte
+        those of an earlier one returns the earlier features instead of running the encoder again.
+        Evaluation scores every test batch with the same prompts, and heads encode them per batch;
+        the key is the inputs' content, so it can never return the features of other prompts."""
+        previous, self._text_memo = self._text_memo, {}
+        try:
+            yield
+        finally:
+            self._text_memo = previous
+
+    def _reused(self, inputs: tuple, compute) -> torch.Tensor:
+        if self._text_memo is None or torch.is_grad_enabled():
+            return compute()
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in inputs:
+            if tensor is not None:
+                tensor = tensor.detach().contiguous()
+                digest.update(repr((tuple(tensor.shape), tensor.dtype)).encode())
+                digest.update(tensor.cpu().view(torch.uint8).numpy().tobytes())
+        key = digest.hexdigest()
+        if key not in self._text_memo:
+            self._text_memo[key] = compute()
+        return self._text_memo[key]
+
     def encode_token_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         """``embeddings [N, L, d_t]`` (learnable context spliced in) -> text features ``[N, D]``.
 
@@ -261,6 +288,10 @@ class FrozenCLIP(nn.Module):
         positions, causal transformer (batch-first), ``ln_final``, read the EOT position,
         project. Sequences are cut after the longest EOT when that cannot change the output.
         """
+        return self._reused((embeddings, eot_positions),
+                            lambda: self._encode_token_embeddings(embeddings, eot_positions))
+
+    def _encode_token_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         tower = self.text_tower
         length = embeddings.shape[1]
         if self.can_trim_text:
@@ -290,6 +321,13 @@ class FrozenCLIP(nn.Module):
         batch-first, as open_clip 3.x builds them (REFERENCE-NOTES item 5). With no layer
         prompts this is :meth:`encode_token_embeddings`. -> ``[N, D]``.
         """
+        return self._reused((embeddings, eot_positions, layer_prompts, prompt_index),
+                            lambda: self._encode_deep_prompted_text(embeddings, eot_positions, layer_prompts,
+                                                                    prompt_index))
+
+    def _encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
+                                   layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None
+                                   ) -> torch.Tensor:
         tower = self.text_tower
         length = embeddings.shape[1]
         if self.can_trim_text:
