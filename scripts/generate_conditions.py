@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from fedvlm.errors import UserError
+
 Ask = Callable[[str], str]
 
 DESCRIBE = ("Please give a detailed description for each of the following combinations of categories, in one "
@@ -125,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --dataset NAME or --classes 'a,b,c'", file=sys.stderr)
         return 2
     ask = chat_endpoint(args.endpoint, args.model, os.environ.get("FEDVLM_LLM_API_KEY"))
-    _, conditions = condition_chain(_classnames(args), ask, args.num_conditions, args.max_combinations, seed=args.seed)
+    try:
+        classnames = _classnames(args)
+        _, conditions = condition_chain(classnames, ask, args.num_conditions, args.max_combinations, seed=args.seed)
+    except UserError as error:  # fedvlm's own one-line errors (a missing or malformed dataset)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # unreachable endpoint, HTTP error status, timeout
+        print(f"error: LLM endpoint {args.endpoint}: {error}; expected a reachable OpenAI-compatible chat "
+              "completions URL", file=sys.stderr)
+        return 2
+    except (KeyError, IndexError, ValueError, RuntimeError) as error:  # a reply in another format
+        print(f"error: LLM endpoint {args.endpoint}: unusable reply ({error}); expected a chat completions "
+              "JSON answer with the requested lines", file=sys.stderr)
+        return 2
     write_conditions(args.out, conditions, f"model {args.model}")
     print("\n".join(conditions))
     return 0

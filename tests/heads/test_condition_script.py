@@ -41,3 +41,19 @@ def test_no_endpoint_is_one_line_and_sends_nothing(tmp_path, capsys, monkeypatch
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "FEDVLM_LLM_ENDPOINT" in error
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_unreachable_endpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "x.txt"
+    code = generate_conditions.main(["--classes", "a,b", "--out", str(out), "--endpoint",
+                                     "http://127.0.0.1:9/v1/chat/completions", "--model", "m"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert error.startswith("error: LLM endpoint http://127.0.0.1:9/") and not out.exists()
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    code = generate_conditions.main(["--dataset", "voc2007", "--data-root", str(tmp_path), "--out",
+                                     str(tmp_path / "x.txt"), "--endpoint", "http://127.0.0.1:9/", "--model", "m"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and "voc2007" in error and "VOCdevkit" in error
