@@ -281,6 +281,20 @@ class FrozenCLIP(nn.Module):
             self._text_memo[key] = compute()
         return self._text_memo[key]
 
+    def _text_length(self, length: int, eot_positions: torch.Tensor) -> int:
+        """Sequence length to run: cut after the longest EOT where the causal mask makes the padding
+        unable to change anything before it (``can_trim_text``)."""
+        return int(eot_positions.max()) + 1 if self.can_trim_text else length
+
+    def _text_input(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Word embeddings ``[N, L, d_t]`` -> the transformer's input (cast, positions added) and
+        its attention mask cut to L."""
+        tower, length = self.text_tower, embeddings.shape[1]
+        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
+        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+        mask = getattr(tower, "attn_mask", None)
+        return x, (mask[:length, :length] if mask is not None else None)
+
     def encode_token_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         """``embeddings [N, L, d_t]`` (learnable context spliced in) -> text features ``[N, D]``.
 
@@ -293,15 +307,8 @@ class FrozenCLIP(nn.Module):
 
     def _encode_token_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         tower = self.text_tower
-        length = embeddings.shape[1]
-        if self.can_trim_text:
-            length = int(eot_positions.max()) + 1
-            embeddings = embeddings[:, :length]
-        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
-        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
-        mask = getattr(tower, "attn_mask", None)
-        if mask is not None:
-            mask = mask[:length, :length]
+        length = self._text_length(embeddings.shape[1], eot_positions)
+        x, mask = self._text_input(embeddings[:, :length])
         with self._autocast(x.device):
             x = tower.transformer(x, attn_mask=mask)
             x = _text_output(tower, x, eot_positions)
@@ -329,16 +336,9 @@ class FrozenCLIP(nn.Module):
                                    layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None
                                    ) -> torch.Tensor:
         tower = self.text_tower
-        length = embeddings.shape[1]
-        if self.can_trim_text:
-            length = int(eot_positions.max()) + 1
-            embeddings = embeddings[:, :length]
-            prompt_index = prompt_index[:, :length] if prompt_index is not None else None
-        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
-        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
-        mask = getattr(tower, "attn_mask", None)
-        if mask is not None:
-            mask = mask[:length, :length]
+        length = self._text_length(embeddings.shape[1], eot_positions)
+        prompt_index = prompt_index[:, :length] if prompt_index is not None else None
+        x, mask = self._text_input(embeddings[:, :length])
         depth = 1 + (layer_prompts.shape[1] if layer_prompts is not None else 0)
         if depth > 1:
             is_prompt = prompt_index.ge(0).unsqueeze(-1)  # [N, L, 1]
@@ -407,12 +407,8 @@ class FrozenCLIP(nn.Module):
         device = tower.token_embedding.weight.device
         token_ids = token_ids.to(device)
         eot = self.eot_positions(token_ids)
-        length = int(eot.max()) + 1 if self.can_trim_text else token_ids.shape[1]
-        cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else torch.float32
-        x = self.token_embeddings(token_ids[:, :length]).to(cast) + tower.positional_embedding[:length].to(cast)
-        mask = getattr(tower, "attn_mask", None)
-        if mask is not None:
-            mask = mask[:length, :length]
+        length = self._text_length(token_ids.shape[1], eot)
+        x, mask = self._text_input(self.token_embeddings(token_ids[:, :length]))
         with self._autocast(x.device):
             x = tower.ln_final(tower.transformer(x, attn_mask=mask))
             projection = tower.text_projection
