@@ -60,6 +60,12 @@ def linear_init(generator: torch.Generator, layers: int, fan_in: int, fan_out: i
     return weight, bias
 
 
+def couple(prompts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """MaPLe's vision-language coupling, one linear map per slot and layer: text prompts
+    ``[U, J, P, d_t]``, ``weight [U, J, d_t, d_v]``, ``bias [U, J, d_v]`` -> visual prompts ``[U, J, P, d_v]``."""
+    return torch.einsum("ujpt,ujtv->ujpv", prompts, weight) + bias.unsqueeze(2)
+
+
 def check_depth(backbone: FrozenCLIP, depth: int) -> None:
     layers = min(len(backbone.text_tower.transformer.resblocks), len(backbone.model.visual.transformer.resblocks))
     if depth > layers:
@@ -97,7 +103,6 @@ class MaPLeHead(Head):
         slots, position = torch.unique(batch.slot, return_inverse=True)
         prompts = self.layer_prompts(slots)
         text = normalize(self.layout.encode_deep(self.backbone, prompts[:, 0], prompts[:, 1:]))  # [U, C, D]
-        vision = torch.einsum("ujpt,ujtv->ujpv", prompts, self.coupling_weight[slots]) \
-            + self.coupling_bias[slots].unsqueeze(2)  # [U, J, n_ctx, d_v]
+        vision = couple(prompts, self.coupling_weight[slots], self.coupling_bias[slots])  # [U, J, n_ctx, d_v]
         image = normalize(self.backbone.encode_prompted_images(batch.pixels, vision[position]).pooled)  # [B, D]
         return self.backbone.logit_scale * torch.einsum("bd,bcd->bc", image, text[position])

@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
 from fedvlm.heads.fedotp import transport_similarity
-from fedvlm.heads.maple import check_depth, linear_init, visual_width
+from fedvlm.heads.maple import check_depth, couple, linear_init, visual_width
 from fedvlm.heads.prompts import PromptLayout, context_init
 from fedvlm.heads.registry import HEADS
 
@@ -131,8 +131,7 @@ class OTDPPHead(Head):
         """``[U, J, N * n_ctx, d_v]``: one visual prompt token per text prompt token."""
         flat = tokens.flatten(2, 3)  # [U, J, N*n_ctx, d_t]
         if self.config.vision_coupling == "linear":
-            return torch.einsum("ujpt,ujtv->ujpv", flat, self.coupling_weight[slots]) \
-                + self.coupling_bias[slots].unsqueeze(2)
+            return couple(flat, self.coupling_weight[slots], self.coupling_bias[slots])
         return flat @ self.frozen_coupling
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
