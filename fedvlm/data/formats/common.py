@@ -80,3 +80,22 @@ def require_file(path: Path, expected: str) -> Path:
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist; expected {expected}")
     return path
+
+
+def binary_labels(rows: list, columns: int, where: str) -> np.ndarray:
+    """Label rows read from a file as a ``[N, columns]`` 0/1 float array. Anything else is refused:
+    a stray -1 would silently mean "unknown" (left out of the loss and the metrics)."""
+    try:
+        labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), columns)
+    except ValueError:
+        labels = None
+    if labels is None or not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{where} holds a label value that is not 0 or 1")
+    return labels
+
+
+def require_images(paths: list[Path], where: str, expected: str) -> None:
+    """Every listed image is on disk; else one line naming the first missing one."""
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise DataError(f"image {missing} listed in {where} is missing; expected {expected}")

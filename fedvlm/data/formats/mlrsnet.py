@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fedvlm.data.formats.common import MultiLabelSet
+from fedvlm.data.formats.common import MultiLabelSet, binary_labels, require_images
 from fedvlm.errors import DataError
 
 LAYOUT = "MLRSNet/{labels/<category>.csv, Images/<category>/<image>.jpg}"
@@ -59,15 +59,8 @@ def read_mlrsnet(root: str | Path) -> MultiLabelSet:
             paths.append(root / "Images" / file.stem / image)
             image_ids.append(image)
             rows.append(row[1:])
-    try:
-        labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(names))
-    except ValueError:
-        labels = None
-    if labels is None or not np.isin(labels, (0, 1)).all():  # a stray -1 would silently mean "unknown"
-        raise DataError(f"MLRSNet: a label value under {_labels_folder(root)} is not 0 or 1")
-    missing = next((p for p in paths if not p.is_file()), None)
-    if missing is not None:
-        raise DataError(f"MLRSNet: image {missing} is missing; expected {LAYOUT}")
+    labels = binary_labels(rows, len(names), f"MLRSNet: a label file under {_labels_folder(root)}")
+    require_images(paths, f"MLRSNet's {_labels_folder(root)}", LAYOUT)
     return MultiLabelSet(paths, labels, names, image_ids)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fedvlm.data.formats.common import MultiLabelSet, require_file
+from fedvlm.data.formats.common import MultiLabelSet, binary_labels, require_file, require_images
 from fedvlm.errors import DataError
 
 LAYOUT = "MultiScene-Clean/{Tra.csv, Test.csv, images/<name>.jpg}"
@@ -46,15 +46,8 @@ def read_multiscene(root: str | Path, split: str = "train") -> MultiLabelSet:
         image_ids.append(row[0].strip())
         paths.append(root / "images" / f"{row[0].strip()}.jpg")
         rows.append(row[1:])
-    try:
-        labels = np.asarray(rows, dtype=np.float32)
-    except ValueError:
-        labels = None
-    if labels is None or not np.isin(labels, (0, 1)).all():  # a stray -1 would silently mean "unknown"
-        raise DataError(f"MultiScene: {file} holds a label value that is not 0 or 1")
-    missing = next((p for p in paths if not p.is_file()), None)
-    if missing is not None:
-        raise DataError(f"MultiScene: image {missing} listed in {file.name} is missing; expected {LAYOUT}")
+    labels = binary_labels(rows, len(names), f"MultiScene: {file}")
+    require_images(paths, f"MultiScene's {file.name}", LAYOUT)
     return MultiLabelSet(paths, labels, names, image_ids)
 
 
