@@ -10,7 +10,9 @@ is a ratio (issue 7):
 * feature cache: one local epoch with cached image features vs the image encoder in the loop;
 * batched Sinkhorn: one call for the whole batch x classes vs a loop of POT calls, same plans;
 * processes: the same federated experiment on 2 processes vs 1 (gloo on CPU);
-* memory: peak memory per stacked client and the clients that fit in 20 GiB (tiny model).
+* memory: peak memory per stacked client and the clients that fit in 20 GiB (tiny model);
+* shared prefix: the text encoder with the prompts' common prefix run once vs once per class;
+* published style: one local epoch the way published prompt-learning code runs it vs fedvlm.
 """
 
 from __future__ import annotations
@@ -192,6 +194,98 @@ def memory(quick: bool) -> list[dict]:
         [{"clients": "per stacked client", "peak_MiB": per_client / 2**20, "fit_in_20GiB": fits}]
 
 
+def shared_prefix(quick: bool) -> list[dict]:
+    """Text encoder forward + backward for CoOp prompts (the cost of a local step on cached
+    features): the prefix every class prompt shares ([SOS] and the context) run once
+    (``FrozenCLIP.encode_with_shared_prefix``) vs once per class. 16 context tokens (CoOp's and
+    PromptFL's setting) and 4 (FedRSCLIP's), 10 and 100 classes; the prompts of 10 stacked clients
+    on the tiny model, of one client on ViT-B-16. Best of 3 after a warm-up."""
+    from fedvlm.heads.prompts import PromptLayout
+
+    rows = []
+    for name, clients in [("fedvlm-tiny", 10)] + ([] if quick else [("ViT-B-16", 1)]):
+        backbone = FrozenCLIP.load(name, None)
+        for n_ctx, num_classes in [(4, 10), (16, 10), (16, 100)] if not quick else [(16, 10)]:
+            layout = PromptLayout(backbone, classnames(num_classes), n_ctx)
+            context = torch.randn(clients, n_ctx, backbone.text_width, requires_grad=True)
+            timings = {}
+            for share in (False, True):
+                backbone.share_text_prefix = share
+                timings[share] = _best_of(3, lambda: layout.encode(backbone, context).sum().backward())
+            backbone.share_text_prefix = True
+            rows.append({"model": name, "clients": clients, "context_tokens": n_ctx, "classes": num_classes,
+                         "prompt_tokens": layout.token_embeddings.shape[1], "shared_tokens": layout.shared_prefix,
+                         "per_class_s": timings[False], "shared_prefix_s": timings[True],
+                         "speedup": timings[False] / timings[True]})
+    return rows
+
+
+def published_style(quick: bool) -> list[dict]:
+    """One local epoch of CoOp (4 context tokens, 10 classes, 32 images per client, batch 32) for
+    4 clients, run the way published prompt-learning code runs it (clients one after another,
+    the image encoder on every batch, the text encoder over the whole 77-token context) vs
+    fedvlm's defaults (image features from the cache, prompts cut after their EOT, the shared
+    prefix run once, the 4 clients stacked in one forward). fedvlm's cache is built before the
+    timing starts: it is built once per dataset, not per round."""
+    from fedvlm.client.batches import FeatureBatches
+    from fedvlm.client.training import ClientTask, train_pass
+    from fedvlm.client.optim import SlotOptimizer
+    from fedvlm.config import OptimConfig
+    from fedvlm.heads.base import Batch
+    from fedvlm.heads.coop import CoOpConfig, CoOpHead
+
+    rows = []
+    clients, per_client, batch_size, num_classes = 4, 32, 32, 10
+    for name in ["fedvlm-tiny"] + ([] if quick else ["ViT-B-16"]):
+        backbone = FrozenCLIP.load(name, None)
+        size = backbone.image_size
+        pixels = torch.randn(clients * per_client, 3, size, size, generator=torch.Generator().manual_seed(0))
+        labels = torch.arange(len(pixels)) % num_classes
+        config = CoOpConfig(name="coop", n_ctx=4)
+
+        def published():
+            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.")
+            optimizer = SlotOptimizer(head.trainable(), OptimConfig())
+            params = head.trainable()
+            for client in range(clients):
+                for start in range(client * per_client, (client + 1) * per_client, batch_size):
+                    image = backbone.encode_images(pixels[start : start + batch_size]).pooled
+                    batch = Batch(labels=labels[start : start + batch_size],
+                                  slot=torch.zeros(len(image), dtype=torch.long), image=image)
+                    grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
+                    optimizer.step(dict(zip(params, grads)), torch.full((1,), 0.002), torch.ones(1, dtype=torch.bool))
+
+        cached = FeatureBatches(backbone.encode_images(pixels).pooled, None, labels, "cpu")
+
+        def fedvlm():
+            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.", num_slots=clients)
+            optimizer = SlotOptimizer(head.trainable(), OptimConfig(batch_size=batch_size))
+            start = head.read_slot(0)
+            tasks = [ClientTask(k, np.arange(k * per_client, (k + 1) * per_client), start, None) for k in range(clients)]
+            train_pass(head, optimizer, tasks, cached, batch_size=batch_size, epochs=1, steps=None, lr=0.002, seed=0,
+                       round_index=0)
+
+        trim, share = backbone.can_trim_text, backbone.share_text_prefix
+        backbone.can_trim_text = backbone.share_text_prefix = False
+        published_s = _best_of(1 if name == "ViT-B-16" else 3, published)
+        backbone.can_trim_text, backbone.share_text_prefix = trim, share
+        fedvlm_s = _best_of(3, fedvlm)
+        rows.append({"model": name, "clients": clients, "images": len(pixels), "published_style_s": published_s,
+                     "fedvlm_s": fedvlm_s, "speedup": published_s / fedvlm_s})
+    return rows
+
+
+def _best_of(repeats: int, work) -> float:
+    """The fastest of ``repeats`` timings of ``work()`` after one untimed warm-up call."""
+    work()
+    timings = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - began)
+    return min(timings)
+
+
 def _write_scenes(root: Path, classes: int, per_class: int) -> None:
     """A colour-and-texture ImageFolder (enough to time the loop; the accuracy is not the point)."""
     from PIL import Image
@@ -207,7 +301,8 @@ def _write_scenes(root: Path, classes: int, per_class: int) -> None:
 
 
 BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
-              "processes": processes, "memory": memory}
+              "processes": processes, "memory": memory, "shared_prefix": shared_prefix,
+              "published_style": published_style}
 
 
 # --------------------------------------------------------------------------------- report

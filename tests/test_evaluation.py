@@ -13,8 +13,9 @@ CLASSES = ["forest", "harbor", "river", "beach"]
 
 
 def _count_text_forwards(backbone):
+    # ln_final closes every text path (whole prompts, shared prefix, deep prompts) exactly once
     calls = []
-    handle = backbone.text_tower.transformer.register_forward_hook(lambda *_: calls.append(1))
+    handle = backbone.text_tower.ln_final.register_forward_hook(lambda *_: calls.append(1))
     return calls, handle
 
 

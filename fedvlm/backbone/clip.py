@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedvlm.backbone.shared_prefix import run_blocks_with_shared_prefix, supports_shared_prefix
 from fedvlm.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -188,6 +189,9 @@ class FrozenCLIP(nn.Module):
         mask = getattr(self.text_tower, "attn_mask", None)
         pool = getattr(self.text_tower, "text_pool_type", "argmax")
         self.can_trim_text = mask is not None and pool in ("argmax", "eos")
+        # Prompts that share their first tokens run those once (see fedvlm.backbone.shared_prefix);
+        # settable so benchmarks and tests can compare with the full path.
+        self.share_text_prefix = self.can_trim_text and supports_shared_prefix(self.text_tower.transformer.resblocks)
         import open_clip
 
         self.tokenizer = open_clip.get_tokenizer(name) if name in open_clip.list_models() else open_clip.tokenize
@@ -286,12 +290,12 @@ class FrozenCLIP(nn.Module):
         unable to change anything before it (``can_trim_text``)."""
         return int(eot_positions.max()) + 1 if self.can_trim_text else length
 
-    def _text_input(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Word embeddings ``[N, L, d_t]`` -> the transformer's input (cast, positions added) and
-        its attention mask cut to L."""
-        tower, length = self.text_tower, embeddings.shape[1]
+    def _text_input(self, embeddings: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Word embeddings ``[..., L, d_t]`` at positions ``start .. start + L - 1`` -> the
+        transformer's input (cast, positions added) and its attention mask cut to L."""
+        tower, length = self.text_tower, embeddings.shape[-2]
         cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else embeddings.dtype
-        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)
+        x = embeddings.to(cast) + tower.positional_embedding[start : start + length].to(cast)
         mask = getattr(tower, "attn_mask", None)
         return x, (mask[:length, :length] if mask is not None else None)
 
@@ -313,6 +317,37 @@ class FrozenCLIP(nn.Module):
             x = tower.transformer(x, attn_mask=mask)
             x = _text_output(tower, x, eot_positions)
         return x.float()
+
+    def encode_with_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_positions: torch.Tensor,
+                                  layer_prompts: torch.Tensor | None = None,
+                                  prompt_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features of U x C prompts where the C prompts of unit u all start with
+        ``prefix[u]``: ``prefix [U, P, d_t]``, ``suffix [U, C, S, d_t]`` (the rest of each prompt),
+        ``eot_positions [C]`` or ``[U, C]`` (in the whole prompt, at least P) -> ``[U, C, D]``.
+        Equal to :meth:`encode_token_embeddings` on the concatenated prompts, or with deep
+        prompts (``layer_prompts [U, J - 1, n_ctx, d_t]`` at the prefix positions
+        ``prompt_positions [n_ctx]``) to :meth:`encode_deep_prompted_text`; the prefix runs once
+        per unit instead of once per prompt (``fedvlm.backbone.shared_prefix``). Needs
+        ``share_text_prefix``."""
+        return self._reused((prefix, suffix, eot_positions, layer_prompts, prompt_positions),
+                            lambda: self._encode_with_shared_prefix(prefix, suffix, eot_positions, layer_prompts,
+                                                                    prompt_positions))
+
+    def _encode_with_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_positions: torch.Tensor,
+                                   layer_prompts: torch.Tensor | None, prompt_positions: torch.Tensor | None
+                                   ) -> torch.Tensor:
+        tower, units, classes, length_p = self.text_tower, suffix.shape[0], suffix.shape[1], prefix.shape[1]
+        if not self.share_text_prefix or int(eot_positions.min()) < length_p:
+            raise ValueError("encode_with_shared_prefix: needs a causal text tower and every EOT after the prefix")
+        eot_positions = eot_positions.expand(units, classes).flatten()
+        length_s = self._text_length(length_p + suffix.shape[2], eot_positions) - length_p
+        x_p, _ = self._text_input(prefix)
+        x_s, _ = self._text_input(suffix[:, :, :length_s], start=length_p)
+        with self._autocast(x_p.device):
+            x = run_blocks_with_shared_prefix(tower.transformer.resblocks, x_p, x_s, layer_prompts,
+                                              prompt_positions).flatten(0, 1)
+            x = _text_output(tower, x, eot_positions - length_p)
+        return x.float().view(units, classes, -1)
 
     def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
                                   layer_prompts: torch.Tensor | None = None,

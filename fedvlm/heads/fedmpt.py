@@ -66,7 +66,7 @@ from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
 from fedvlm.heads.dualcoop import image_regions, output_scale
-from fedvlm.heads.prompts import PLACEHOLDER, context_init
+from fedvlm.heads.prompts import PLACEHOLDER, context_init, shared_prefix_length
 from fedvlm.heads.registry import HEADS
 from fedvlm.ot import sinkhorn
 
@@ -144,6 +144,7 @@ class ConditionPromptLayout(nn.Module):
         self.register_buffer("context_index", index[:, :length], persistent=False)
         self.register_buffer("condition_of_row", torch.tensor(rows), persistent=False)
         self.register_buffer("eot", eot, persistent=False)
+        self.shared_prefix = shared_prefix_length(ids[:, :length], index[:, :length], eot, groups=self.num_conditions)
 
     def splice(self, context: torch.Tensor) -> torch.Tensor:
         """``context [U, N, beta_cond + beta_cls, d_t]`` (per unit, per condition) -> prompt
@@ -155,9 +156,16 @@ class ConditionPromptLayout(nn.Module):
     def encode(self, backbone: FrozenCLIP, context: torch.Tensor) -> torch.Tensor:
         """Text features ``[U, N, C, D]`` (not normalised)."""
         prompts = self.splice(context)
-        units = prompts.shape[0]
-        features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
-        return features.view(units, self.num_conditions, self.num_classes, -1)
+        units, conditions, classes, prefix = prompts.shape[0], self.num_conditions, self.num_classes, self.shared_prefix
+        if backbone.share_text_prefix and classes > 1 and prefix > 1:
+            # each condition's C prompts share [SOS] [L_n] <condition n> [G]: run it once per condition
+            grouped = prompts.unflatten(1, (conditions, classes))  # [U, N, C, L, d]
+            features = backbone.encode_with_shared_prefix(grouped[:, :, 0, :prefix].flatten(0, 1),
+                                                          grouped[:, :, :, prefix:].flatten(0, 1),
+                                                          self.eot.view(conditions, classes).repeat(units, 1))
+        else:
+            features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
+        return features.view(units, conditions, classes, -1)
 
 
 # --------------------------------------------------------------------------------- the maths

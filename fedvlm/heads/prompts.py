@@ -52,6 +52,7 @@ class PromptLayout(nn.Module):
                 raise ConfigError(f"data: cannot place context tokens around class name {classnames[c]!r}")
             index[c, positions] = torch.arange(n_ctx)
         length = int(eot.max()) + 1
+        self.shared_prefix = shared_prefix_length(ids[:, :length], index[:, :length], eot)
         self.register_buffer("token_embeddings", backbone.token_embeddings(ids)[:, :length].clone(), persistent=False)
         self.register_buffer("context_index", index[:, :length], persistent=False)
         self.register_buffer("eot", eot, persistent=False)
@@ -76,6 +77,9 @@ class PromptLayout(nn.Module):
         """Text features of every class for every context: ``[U, C, D]`` (not normalised)."""
         prompts = self.splice(context)
         units, classes = prompts.shape[:2]
+        prefix = self.shared_prefix
+        if backbone.share_text_prefix and context.dim() == 3 and classes > 1 and prefix > 1:
+            return backbone.encode_with_shared_prefix(prompts[:, 0, :prefix], prompts[:, :, prefix:], self.eot)
         features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
         return features.view(units, classes, -1)
 
@@ -88,10 +92,34 @@ class PromptLayout(nn.Module):
             return self.encode(backbone, context)
         prompts = self.splice(context)
         units, classes = prompts.shape[:2]
+        prefix = self.shared_prefix
+        positions = self.context_index[0].ge(0).nonzero().flatten()  # where the context sits
+        if backbone.share_text_prefix and classes > 1 and prefix > 1 and 0 < len(positions) and \
+                int(positions.max()) < prefix:
+            # every context position lies in the common prefix: inject the layer prompts there once
+            in_order = layer_context[:, :, self.context_index[0, positions]]  # [U, J-1, n_ctx, d] by position
+            return backbone.encode_with_shared_prefix(prompts[:, 0, :prefix], prompts[:, :, prefix:], self.eot,
+                                                      in_order, positions)
         per_sequence = layer_context.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)  # [U*C, J-1, n_ctx, d]
         features = backbone.encode_deep_prompted_text(prompts.flatten(0, 1), self.eot.repeat(units), per_sequence,
                                                       self.context_index.repeat(units, 1))
         return features.view(units, classes, -1)
+
+
+def shared_prefix_length(ids: torch.Tensor, context_index: torch.Tensor, eot: torch.Tensor, groups: int = 1) -> int:
+    """How many leading positions the prompts of each group have in common: ``ids [R, L]`` token
+    ids, ``context_index [R, L]`` (-1: a frozen token), ``eot [R]``; rows form ``groups``
+    consecutive groups of equal size (FedMPT: one per condition). Those positions ([SOS] and the
+    context before the class name) give the same hidden states in every prompt of a group, so
+    the text encoder runs them once per group (``FrozenCLIP.encode_with_shared_prefix``). At most
+    the first EOT: the EOT must lie in every prompt's own part."""
+    common = []
+    for rows in zip(ids.chunk(groups), context_index.chunk(groups)):
+        same = torch.ones(ids.shape[1], dtype=torch.bool)
+        for part in rows:
+            same &= (part == part[:1]).all(0)
+        common.append(int(same.long().cumprod(0).sum()))
+    return min(min(common), int(eot.min()))
 
 
 def context_init(backbone: FrozenCLIP, n_ctx: int, phrase: str | None, generator: torch.Generator,
