@@ -26,9 +26,20 @@ def load_runs(folder: Path) -> list[dict]:
         config = yaml.safe_load((summary_file.parent / "config.yaml").read_text())
         summary = json.loads(summary_file.read_text())
         runs.append({"sweep": {k: json.dumps(v) if isinstance(v, list) else v
-                               for k, v in config.get("sweep_values", {}).items()},
+                               for k, v in flatten(config.get("sweep_values", {})).items()},
                      "seed": config["seed"], **{m: summary.get(f"global/{m}") for m in METRICS}})
     return runs
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """``{"head": {"name": "maple"}}`` (a swept section) -> ``{"head.name": "maple"}``."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def table(runs: list[dict], rows: str, columns: str | None) -> str:
