@@ -44,6 +44,18 @@ def coop_round(backbone: FrozenCLIP, num_clients: int, slots: int, images_per_cl
     return {"client_steps": client_steps, "seconds": seconds, "client_steps_per_s": client_steps / seconds}
 
 
+def one_client_step(head: CoOpHead, optimizer: SlotOptimizer, image: torch.Tensor, labels: torch.Tensor,
+                    lr: float = 0.002) -> None:
+    """One SGD step of a one-slot head on a batch of pooled image features, as a published
+    one-client-at-a-time loop takes it."""
+    from fedvlm.heads.base import Batch
+
+    params = head.trainable()
+    batch = Batch(labels=labels, slot=torch.zeros(len(labels), dtype=torch.long), image=image)
+    grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
+    optimizer.step(dict(zip(params, grads)), torch.full((1,), lr), torch.ones(1, dtype=torch.bool))
+
+
 def peak_rss() -> int:
     """This process's peak resident memory in bytes since start or the last reset (Linux VmHWM)."""
     with open("/proc/self/status") as status:

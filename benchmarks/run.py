@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import fedvlm  # noqa: F401  (torchvision compat before open_clip)
-from benchmarks.common import classnames, coop_round
+from benchmarks.common import classnames, coop_round, one_client_step
 from fedvlm.backbone.clip import FrozenCLIP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,6 @@ def feature_cache(quick: bool) -> list[dict]:
     from fedvlm.client.batches import FeatureBatches
     from fedvlm.client.optim import SlotOptimizer
     from fedvlm.config import OptimConfig
-    from fedvlm.heads.base import Batch
     from fedvlm.heads.coop import CoOpConfig, CoOpHead
 
     rows = []
@@ -82,13 +81,7 @@ def feature_cache(quick: bool) -> list[dict]:
         labels = torch.arange(images) % num_classes
         head = CoOpHead(CoOpConfig(name="coop"), backbone, classnames(num_classes), "a photo of a {}.")
         optimizer = SlotOptimizer(head.trainable(), OptimConfig())
-        params = head.trainable()
-
-        def step(image_features, batch_labels):
-            batch = Batch(labels=batch_labels, slot=torch.zeros(len(batch_labels), dtype=torch.long),
-                          image=image_features)
-            grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
-            optimizer.step(dict(zip(params, grads)), torch.full((1,), 0.001), torch.ones(1, dtype=torch.bool))
+        step = lambda image, batch_labels: one_client_step(head, optimizer, image, batch_labels)  # noqa: E731
 
         began = time.perf_counter()
         for start in range(0, images, batch_size):
@@ -231,7 +224,6 @@ def published_style(quick: bool) -> list[dict]:
     from fedvlm.client.training import ClientTask, train_pass
     from fedvlm.client.optim import SlotOptimizer
     from fedvlm.config import OptimConfig
-    from fedvlm.heads.base import Batch
     from fedvlm.heads.coop import CoOpConfig, CoOpHead
 
     rows = []
@@ -246,14 +238,10 @@ def published_style(quick: bool) -> list[dict]:
         def published():
             head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.")
             optimizer = SlotOptimizer(head.trainable(), OptimConfig())
-            params = head.trainable()
             for client in range(clients):
                 for start in range(client * per_client, (client + 1) * per_client, batch_size):
                     image = backbone.encode_images(pixels[start : start + batch_size]).pooled
-                    batch = Batch(labels=labels[start : start + batch_size],
-                                  slot=torch.zeros(len(image), dtype=torch.long), image=image)
-                    grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
-                    optimizer.step(dict(zip(params, grads)), torch.full((1,), 0.002), torch.ones(1, dtype=torch.bool))
+                    one_client_step(head, optimizer, image, labels[start : start + batch_size])
 
         cached = FeatureBatches(backbone.encode_images(pixels).pooled, None, labels, "cpu")
 
