@@ -113,13 +113,9 @@ def shared_prefix_length(ids: torch.Tensor, context_index: torch.Tensor, eot: to
     context before the class name) give the same hidden states in every prompt of a group, so
     the text encoder runs them once per group (``FrozenCLIP.encode_with_shared_prefix``). At most
     the first EOT: the EOT must lie in every prompt's own part."""
-    common = []
-    for rows in zip(ids.chunk(groups), context_index.chunk(groups)):
-        same = torch.ones(ids.shape[1], dtype=torch.bool)
-        for part in rows:
-            same &= (part == part[:1]).all(0)
-        common.append(int(same.long().cumprod(0).sum()))
-    return min(min(common), int(eot.min()))
+    ids, context_index = ids.unflatten(0, (groups, -1)), context_index.unflatten(0, (groups, -1))  # [G, R/G, L]
+    same = ((ids == ids[:, :1]) & (context_index == context_index[:, :1])).all(1)  # [G, L]
+    return min(int(same.long().cumprod(1).sum(1).min()), int(eot.min()))
 
 
 def context_init(backbone: FrozenCLIP, n_ctx: int, phrase: str | None, generator: torch.Generator,
