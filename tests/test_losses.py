@@ -16,14 +16,7 @@ from fedvlm.losses import (
     masked_binary_cross_entropy,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on the shared 2-core machine, intra-op threads only wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 def asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip, eps=1e-8):

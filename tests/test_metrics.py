@@ -7,14 +7,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_score, 
 
 from fedvlm.metrics import accuracy, mean_average_precision, multilabel_f1, retrieval_recall
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on the shared 2-core machine, intra-op threads only wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 # torchmetrics accumulates average precision in float32, whatever the input precision.

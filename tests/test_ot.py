@@ -6,13 +6,7 @@ import torch
 
 from fedvlm.ot import ot_similarity, partial_sinkhorn, sinkhorn, solve_entropic_ot, transport_cost
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on the shared 2-core machine, intra-op threads only wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 # Iterate to convergence so that both solvers sit on the same optimum.

@@ -6,17 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
-# Small tensors on a shared 2-core machine: one intra-op thread is several times faster.
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 from PIL import Image
 
 from fedvlm.config import load_config
@@ -26,6 +15,8 @@ from fedvlm.heads.base import normalize
 from fedvlm.metrics import retrieval_recall
 from fedvlm.simulation import run
 from fedvlm.tasks import TASKS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 def test_retrieval_task_unpacks_image_and_caption_embeddings():

@@ -5,16 +5,9 @@ import torch
 
 from fedvlm.backbone.clip import _run_block
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
+
 PROMPTS = ["a photo of a cat.", "a photo of a dense residential area."]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on the shared 2-core machine, intra-op threads only wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _hidden_states(transformer, x, mask=None):

@@ -69,15 +69,6 @@ def test_trimmed_text_encoder_equals_encode_text(shipped):
         assert torch.allclose(encode_text_trimmed(model, tokens), model.encode_text(tokens, normalize=True), atol=1e-5)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny steps run faster on one thread, and much faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_pretraining_is_deterministic(tmp_path, one_thread):
     """Two short runs with the same seed write byte-identical checkpoints."""
     runs = [pretrain_tiny(tmp_path / f"run{i}.safetensors", seed=3, num_images=32, epochs=1, batch_size=16,

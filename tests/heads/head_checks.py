@@ -7,7 +7,6 @@ encoded by the tiny backbone, so feature heads and pixel heads train on the same
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from fedvlm.client.optim import SlotOptimizer
@@ -16,16 +15,6 @@ from fedvlm.config import OptimConfig
 from fedvlm.heads.base import Batch
 
 CLASSES = ["red field", "green forest", "blue lake"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on the shared 2-core machine, intra-op threads only wait for each other
-    (a head test runs 20x slower with two threads under load). Import it into a test module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 TEMPLATE = "an aerial photo of a {}."
 
 

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from head_checks import CLASSES, TEMPLATE, TensorBatches, assert_batched_equals_sequential, assert_slots_independent
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import normalize
 from fedvlm.heads.maple import MaPLeConfig, MaPLeHead
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 def _head(backbone, slots=1, **options):

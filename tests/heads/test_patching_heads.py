@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from head_checks import CLASSES, TEMPLATE, TensorBatches, assert_batched_equals_sequential, perturb_slot
 from fedvlm.heads.ms_student import MSStudentConfig, MSStudentHead
 from fedvlm.heads.paint import PaintConfig, PaintHead
 from fedvlm.patching.classifier import class_embeddings, zero_shot_logits
 from fedvlm.patching.losses import alignment_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 TEMPLATES = ["a photo of a {}.", "an aerial photo of a {}."]
 STUDENT = {"architecture": "vit_small_patch16_224", "in_channels": 5, "image_size": 16,

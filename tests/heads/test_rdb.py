@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from head_checks import CLASSES, TEMPLATE, assert_batched_equals_sequential, perturb_slot
 from retrieval_checks import caption_batches
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import normalize, slot_mean
 from fedvlm.heads.rdb import CrossModalAdapterConfig, CrossModalAdapterHead, RDBConfig, RDBHead
 from fedvlm.retrieval.losses import bidirectional_triplet
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 SMALL = {"bottleneck": 8, "attention_heads": 2}
 

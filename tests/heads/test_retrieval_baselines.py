@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from head_checks import CLASSES, TEMPLATE, assert_batched_equals_sequential, perturb_slot
 from retrieval_checks import caption_batches
 from fedvlm.heads.base import normalize
 from fedvlm.heads.clip_adapter import CLIPAdapterConfig, CLIPAdapterHead
 from fedvlm.heads.retrieval_full_model import RetrievalFullModelConfig, RetrievalFullModelHead
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from head_checks import one_thread  # noqa: F401  (autouse fixture)
 from fedvlm.config import load_config
 from fedvlm.simulation import run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 HEADS = {
     "fedotp": {"name": "fedotp"},

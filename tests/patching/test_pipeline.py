@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-# Small tensors on a shared 2-core machine: one intra-op thread is several times faster.
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 from fedvlm.config import load_config
 from fedvlm.data.datasets import DATASETS, load_dataset
 from fedvlm.patching.batches import BandBatches
 from fedvlm.patching.pipeline import load_patching_config, run_patching, split_rows
 from fedvlm.simulation import _splits
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 @pytest.fixture(scope="module")
