@@ -1,6 +1,9 @@
 """``make bench``: measure fedvlm's speed and memory goals and write docs/BENCHMARKS.md.
 
-    python -m benchmarks.run [--quick] [--only NAME ...] [--out docs/BENCHMARKS.md]
+    python -m benchmarks.run [--quick] [--only NAME ...] [--out docs/BENCHMARKS.md] [--device cpu|cuda]
+
+On a GPU machine everything but the processes comparison (which needs two GPUs, else it stays on
+the CPU) runs on the GPU; write to another file there (``--out docs/BENCHMARKS-gpu.md``).
 
 Every figure is measured in this one run on this machine, and reported as a ratio where the goal
 is a ratio (issue 7):
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 import fedvlm  # noqa: F401  (torchvision compat before open_clip)
-from benchmarks.common import classnames, coop_round, one_client_step
+from benchmarks.common import classnames, coop_round, one_client_step, synchronize
 from fedvlm.backbone.clip import FrozenCLIP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,21 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------ benchmarks
 
 
-def client_batching(quick: bool) -> list[dict]:
+def client_batching(quick: bool, device: str) -> list[dict]:
     """CoOp, one local round (32 images per client, batch 8, 10 classes): client-steps per second
     with the clients stacked in one forward (``runtime.execution: batched``) vs one by one
     (``sequential``), both on cached features. Best of ``repeats`` timings after a warm-up."""
     rows = []
     models = [("fedvlm-tiny", (10, 50, 100), 3)] + ([] if quick else [("ViT-B-16", (10, 50), 2)])
     for name, counts, repeats in models:
-        backbone = FrozenCLIP.load(name, None)
+        backbone = FrozenCLIP.load(name, None, device=device)
         # ViT-B-16 on a CPU: one local step per client keeps the run short
-        steps = 1 if name == "ViT-B-16" else None
-        coop_round(backbone, 2, 2, 32, 8, 10, steps)  # warm-up: thread pools, allocator, token caches
+        steps = 1 if name == "ViT-B-16" and device == "cpu" else None
+        coop_round(backbone, 2, 2, 32, 8, 10, steps, device)  # warm-up: thread pools, allocator, token caches
         for clients in counts:
-            sequential = max((coop_round(backbone, clients, 1, 32, 8, 10, steps) for _ in range(repeats)),
+            sequential = max((coop_round(backbone, clients, 1, 32, 8, 10, steps, device) for _ in range(repeats)),
                              key=lambda r: r["client_steps_per_s"])
-            batched = max((coop_round(backbone, clients, clients, 32, 8, 10, steps) for _ in range(repeats)),
+            batched = max((coop_round(backbone, clients, clients, 32, 8, 10, steps, device) for _ in range(repeats)),
                           key=lambda r: r["client_steps_per_s"])
             rows.append({"model": name, "clients": clients, "classes": 10,
                          "sequential_steps_per_s": sequential["client_steps_per_s"],
@@ -64,7 +67,7 @@ def client_batching(quick: bool) -> list[dict]:
     return rows
 
 
-def feature_cache(quick: bool) -> list[dict]:
+def feature_cache(quick: bool, device: str) -> list[dict]:
     """One local epoch of CoOp (64 images, batch 32 as in the papers, 10 classes): pooled features
     from the cache vs the image encoder run on every batch (what published prompt-learning code
     does). The cached step still runs the text encoder forward and backward (the prompts change)."""
@@ -75,32 +78,34 @@ def feature_cache(quick: bool) -> list[dict]:
 
     rows = []
     for name in ["fedvlm-tiny"] + ([] if quick else ["ViT-B-16"]):
-        backbone = FrozenCLIP.load(name, None)
+        backbone = FrozenCLIP.load(name, None, device=device)
         size, images, batch_size, num_classes = backbone.image_size, 64, 32, 10
-        pixels = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
-        labels = torch.arange(images) % num_classes
-        head = CoOpHead(CoOpConfig(name="coop"), backbone, classnames(num_classes), "a photo of a {}.")
+        pixels = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        labels = (torch.arange(images) % num_classes).to(device)
+        head = CoOpHead(CoOpConfig(name="coop"), backbone, classnames(num_classes), "a photo of a {}.").to(device)
         optimizer = SlotOptimizer(head.trainable(), OptimConfig())
         step = lambda image, batch_labels: one_client_step(head, optimizer, image, batch_labels)  # noqa: E731
 
-        began = time.perf_counter()
-        for start in range(0, images, batch_size):
-            step(backbone.encode_images(pixels[start : start + batch_size]).pooled, labels[start : start + batch_size])
-        in_loop = time.perf_counter() - began
+        def encoder_in_loop():
+            for start in range(0, images, batch_size):
+                step(backbone.encode_images(pixels[start : start + batch_size]).pooled, labels[start : start + batch_size])
 
-        cached = FeatureBatches(backbone.encode_images(pixels).pooled, None, labels, "cpu")  # computed once
-        began = time.perf_counter()
-        for start in range(0, images, batch_size):
-            rows_ = np.arange(start, min(start + batch_size, images))
-            batch = cached.batch(rows_, np.zeros(len(rows_), dtype=np.int64))
-            step(batch.image, batch.labels)
-        with_cache = time.perf_counter() - began
+        cached = FeatureBatches(backbone.encode_images(pixels).pooled.cpu(), None, labels.cpu(), device)  # computed once
+
+        def from_cache():
+            for start in range(0, images, batch_size):
+                rows_ = np.arange(start, min(start + batch_size, images))
+                batch = cached.batch(rows_, np.zeros(len(rows_), dtype=np.int64))
+                step(batch.image, batch.labels)
+
+        in_loop = _best_of(1 if name == "ViT-B-16" and device == "cpu" else 3, encoder_in_loop, device)
+        with_cache = _best_of(3, from_cache, device)
         rows.append({"model": name, "images": images, "encoder_in_loop_s": in_loop, "cached_s": with_cache,
                      "speedup": in_loop / with_cache})
     return rows
 
 
-def batched_sinkhorn(quick: bool) -> list[dict]:
+def batched_sinkhorn(quick: bool, device: str) -> list[dict]:
     """FedOTP-sized problems: B images x C classes, each M patches x N prompts."""
     import ot
 
@@ -113,32 +118,38 @@ def batched_sinkhorn(quick: bool) -> list[dict]:
         cost = torch.rand(batch, classes, patches, prompts, generator=generator, dtype=torch.float64)
         a = torch.full((patches,), 1 / patches, dtype=torch.float64)
         b = torch.full((prompts,), 1 / prompts, dtype=torch.float64)
+        cost, a, b = cost.to(device), a.to(device), b.to(device)  # POT runs on the tensors' device too
         eps, iterations = 0.1, 100
-        began = time.perf_counter()
         ours = sinkhorn(cost, eps=eps, max_iter=iterations, tol=1e-9)
-        ours_s = time.perf_counter() - began
+        ours_s = _best_of(3, lambda: sinkhorn(cost, eps=eps, max_iter=iterations, tol=1e-9), device)
         began = time.perf_counter()
         reference = torch.stack([torch.stack([ot.sinkhorn(a, b, cost[i, c], eps, numItermax=1000, stopThr=1e-9)
                                               for c in range(classes)]) for i in range(batch)])
+        synchronize(device)
         pot_s = time.perf_counter() - began
         rows.append({"problems": f"{batch}x{classes} of {patches}x{prompts}", "batched_s": ours_s, "pot_loop_s": pot_s,
                      "speedup": pot_s / ours_s, "max_plan_difference": float((ours - reference).abs().max())})
     return rows
 
 
-def processes(quick: bool) -> list[dict]:
+def processes(quick: bool, device: str) -> list[dict]:
     """The same experiment (synthetic scenes, 2,000 images, tiny CLIP, CoOp + FedAvg, 20 clients,
     evaluated after the last round) on 1 and 2 processes (gloo). ``wall``: the whole command (start-up, feature extraction, rounds);
     ``loop``: the round loop alone (summary.json's rounds_time_s). Two comparisons: 1 process using every
     core through intra-op threads vs 2 processes (Fabric gives each cores / processes threads),
     and 1 vs 2 processes at one thread each (the clients' sharding alone), with the clients of a
-    process batched or one by one."""
+    process batched or one by one. With ``--device cuda`` and two GPUs or more: one GPU per process
+    (NCCL); with one GPU this runs on the CPU (gloo)."""
     rows = []
+    accelerator = "cuda" if device == "cuda" and torch.cuda.device_count() >= 2 else "cpu"
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data"
         _write_scenes(data, classes=10, per_class=60 if quick else 200)
-        settings = [("batched", "all cores", None)] + \
-            ([] if quick else [("batched", "1 thread per process", "1"), ("sequential", "1 thread per process", "1")])
+        if accelerator == "cuda":
+            settings = [("batched", "one GPU per process", None), ("sequential", "one GPU per process", None)]
+        else:
+            settings = [("batched", "all cores", None)] + \
+                ([] if quick else [("batched", "1 thread per process", "1"), ("sequential", "1 thread per process", "1")])
         for execution, label, omp in settings:
             timings = {}
             for devices in (1, 2):
@@ -146,7 +157,8 @@ def processes(quick: bool) -> list[dict]:
                 command = [sys.executable, "-m", "fedvlm", "run", str(ROOT / "experiments" / "bench_processes.yaml"),
                            f"data.root={data}", f"logging.results_dir={folder}/results", f"runtime.devices={devices}",
                            f"name={name}", "logging.wandb=disabled", "logging.progress=false",
-                           f"federation.rounds={2 if quick else 5}", f"runtime.execution={execution}"]
+                           f"federation.rounds={2 if quick else 5}", f"runtime.execution={execution}",
+                           f"runtime.accelerator={accelerator}"]
                 env = {**os.environ, "FEDVLM_CACHE": f"{folder}/cache"}
                 env.pop("OMP_NUM_THREADS", None)
                 if omp:
@@ -156,26 +168,34 @@ def processes(quick: bool) -> list[dict]:
                 timings[f"wall_{devices}"] = time.perf_counter() - began
                 summary = json.loads(next((Path(folder) / "results" / name).glob("*/summary.json")).read_text())
                 timings[f"loop_{devices}"] = summary["rounds_time_s"]
-            rows.append({"execution": execution, "threads": label, "wall_1_s": timings["wall_1"], "wall_2_s": timings["wall_2"],
+            rows.append({"accelerator": accelerator, "execution": execution, "threads": label, "wall_1_s": timings["wall_1"], "wall_2_s": timings["wall_2"],
                          "loop_1_s": timings["loop_1"], "loop_2_s": timings["loop_2"],
                          "loop_speedup": timings["loop_1"] / timings["loop_2"],
                          "loop_scaling_efficiency": timings["loop_1"] / timings["loop_2"] / 2})
     return rows
 
 
-def memory(quick: bool) -> list[dict]:
-    """Peak resident memory of one CoOp round with S clients stacked, each in a fresh process.
+def memory(quick: bool, device: str) -> list[dict]:
+    """Peak memory of one CoOp round with S clients stacked, each in a fresh process: resident
+    memory on the CPU, allocated GPU memory with ``--device cuda``.
 
     The process's peak (VmHWM) is reset after the model is loaded (``/proc/self/clear_refs``, Linux)
     so that loading, which peaks higher than a small round, does not hide the round's own peak.
     """
     peaks = {}
     for clients in (64, 256) if quick else (128, 256, 512):
-        code = ("import fedvlm, torch; from pathlib import Path; from benchmarks.common import coop_round, peak_rss; "
-                "from fedvlm.backbone.clip import FrozenCLIP; b = FrozenCLIP.load('fedvlm-tiny', None); "
-                "Path('/proc/self/clear_refs').write_text('5'); base = peak_rss(); "
-                f"coop_round(b, {clients}, {clients}, 32, 8, 10, steps=2); "
-                "print(base, peak_rss())")
+        if device == "cuda":
+            code = ("import fedvlm, torch; from benchmarks.common import coop_round; "
+                    "from fedvlm.backbone.clip import FrozenCLIP; b = FrozenCLIP.load('fedvlm-tiny', None, device='cuda'); "
+                    "torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated(); "
+                    f"coop_round(b, {clients}, {clients}, 32, 8, 10, steps=2, device='cuda'); "
+                    "print(base, torch.cuda.max_memory_allocated())")
+        else:
+            code = ("import fedvlm, torch; from pathlib import Path; from benchmarks.common import coop_round, peak_rss; "
+                    "from fedvlm.backbone.clip import FrozenCLIP; b = FrozenCLIP.load('fedvlm-tiny', None); "
+                    "Path('/proc/self/clear_refs').write_text('5'); base = peak_rss(); "
+                    f"coop_round(b, {clients}, {clients}, 32, 8, 10, steps=2); "
+                    "print(base, peak_rss())")
         output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
         base, peak = map(int, output.stdout.split()[-2:])
         peaks[clients] = (base, peak)
@@ -187,7 +207,7 @@ def memory(quick: bool) -> list[dict]:
         [{"clients": "per stacked client", "peak_MiB": per_client / 2**20, "fit_in_20GiB": fits}]
 
 
-def shared_prefix(quick: bool) -> list[dict]:
+def shared_prefix(quick: bool, device: str) -> list[dict]:
     """Text encoder forward + backward for CoOp prompts (the cost of a local step on cached
     features): the prefix every class prompt shares ([SOS] and the context) run once
     (``FrozenCLIP.encode_with_shared_prefix``) vs once per class. 16 context tokens (CoOp's and
@@ -197,14 +217,14 @@ def shared_prefix(quick: bool) -> list[dict]:
 
     rows = []
     for name, clients in [("fedvlm-tiny", 10)] + ([] if quick else [("ViT-B-16", 1)]):
-        backbone = FrozenCLIP.load(name, None)
+        backbone = FrozenCLIP.load(name, None, device=device)
         for n_ctx, num_classes in [(4, 10), (16, 10), (16, 100)] if not quick else [(16, 10)]:
             layout = PromptLayout(backbone, classnames(num_classes), n_ctx)
-            context = torch.randn(clients, n_ctx, backbone.text_width, requires_grad=True)
+            context = torch.randn(clients, n_ctx, backbone.text_width, device=device, requires_grad=True)
             timings = {}
             for share in (False, True):
                 backbone.share_text_prefix = share
-                timings[share] = _best_of(3, lambda: layout.encode(backbone, context).sum().backward())
+                timings[share] = _best_of(3, lambda: layout.encode(backbone, context).sum().backward(), device)
             backbone.share_text_prefix = True
             rows.append({"model": name, "clients": clients, "context_tokens": n_ctx, "classes": num_classes,
                          "prompt_tokens": layout.token_embeddings.shape[1], "shared_tokens": layout.shared_prefix,
@@ -213,7 +233,7 @@ def shared_prefix(quick: bool) -> list[dict]:
     return rows
 
 
-def published_style(quick: bool) -> list[dict]:
+def published_style(quick: bool, device: str) -> list[dict]:
     """One local epoch of CoOp (4 context tokens, 10 classes, 32 images per client, batch 32) for
     4 clients, run the way published prompt-learning code runs it (clients one after another,
     the image encoder on every batch, the text encoder over the whole 77-token context) vs
@@ -229,24 +249,24 @@ def published_style(quick: bool) -> list[dict]:
     rows = []
     clients, per_client, batch_size, num_classes = 4, 32, 32, 10
     for name in ["fedvlm-tiny"] + ([] if quick else ["ViT-B-16"]):
-        backbone = FrozenCLIP.load(name, None)
+        backbone = FrozenCLIP.load(name, None, device=device)
         size = backbone.image_size
-        pixels = torch.randn(clients * per_client, 3, size, size, generator=torch.Generator().manual_seed(0))
-        labels = torch.arange(len(pixels)) % num_classes
+        pixels = torch.randn(clients * per_client, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        labels = (torch.arange(len(pixels)) % num_classes).to(device)
         config = CoOpConfig(name="coop", n_ctx=4)
 
         def published():
-            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.")
+            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.").to(device)
             optimizer = SlotOptimizer(head.trainable(), OptimConfig())
             for client in range(clients):
                 for start in range(client * per_client, (client + 1) * per_client, batch_size):
                     image = backbone.encode_images(pixels[start : start + batch_size]).pooled
                     one_client_step(head, optimizer, image, labels[start : start + batch_size])
 
-        cached = FeatureBatches(backbone.encode_images(pixels).pooled, None, labels, "cpu")
+        cached = FeatureBatches(backbone.encode_images(pixels).pooled.cpu(), None, labels.cpu(), device)
 
         def fedvlm():
-            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.", num_slots=clients)
+            head = CoOpHead(config, backbone, classnames(num_classes), "a photo of a {}.", num_slots=clients).to(device)
             optimizer = SlotOptimizer(head.trainable(), OptimConfig(batch_size=batch_size))
             start = head.read_slot(0)
             tasks = [ClientTask(k, np.arange(k * per_client, (k + 1) * per_client), start, None) for k in range(clients)]
@@ -255,21 +275,23 @@ def published_style(quick: bool) -> list[dict]:
 
         trim, share = backbone.can_trim_text, backbone.share_text_prefix
         backbone.can_trim_text = backbone.share_text_prefix = False
-        published_s = _best_of(1 if name == "ViT-B-16" else 3, published)
+        published_s = _best_of(1 if name == "ViT-B-16" and device == "cpu" else 3, published, device)
         backbone.can_trim_text, backbone.share_text_prefix = trim, share
-        fedvlm_s = _best_of(3, fedvlm)
+        fedvlm_s = _best_of(3, fedvlm, device)
         rows.append({"model": name, "clients": clients, "images": len(pixels), "published_style_s": published_s,
                      "fedvlm_s": fedvlm_s, "speedup": published_s / fedvlm_s})
     return rows
 
 
-def _best_of(repeats: int, work) -> float:
+def _best_of(repeats: int, work, device: str = "cpu") -> float:
     """The fastest of ``repeats`` timings of ``work()`` after one untimed warm-up call."""
     work()
     timings = []
     for _ in range(repeats):
+        synchronize(device)
         began = time.perf_counter()
         work()
+        synchronize(device)
         timings.append(time.perf_counter() - began)
     return min(timings)
 
@@ -321,15 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run of every benchmark)")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
     parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where models and features live (default: cuda when a GPU is visible)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda: no CUDA device is visible to torch")
     results, load_before = {}, os.getloadavg()
     for name in args.only or list(BENCHMARKS):
         began = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
-        results[name] = BENCHMARKS[name](args.quick)
+        results[name] = BENCHMARKS[name](args.quick, args.device)
         print(_table(results[name]), f"\n({time.perf_counter() - began:.0f} s)", flush=True)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + \
-        (f" --only {' '.join(args.only)}" if args.only else "")
+        (f" --only {' '.join(args.only)}" if args.only else "") + f" --device {args.device}"
     text = [f"# Benchmarks\n\nMeasured {time.strftime('%Y-%m-%d')} with `{command}` (`make bench`).\n",
             f"Machine: {_machine()}. Load average (1, 5, 15 min) before: "
             f"{', '.join(f'{x:.1f}' for x in load_before)}; after: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
