@@ -70,7 +70,8 @@ def client_batching(quick: bool, device: str) -> list[dict]:
 def feature_cache(quick: bool, device: str) -> list[dict]:
     """One local epoch of CoOp (64 images, batch 32 as in the papers, 10 classes): pooled features
     from the cache vs the image encoder run on every batch (what published prompt-learning code
-    does). The cached step still runs the text encoder forward and backward (the prompts change)."""
+    does). The cached step still runs the text encoder forward and backward (the prompts change).
+    Best of 3 epochs after a warm-up one (of 1 for ViT-B-16's encoder loop on a CPU)."""
     from fedvlm.client.batches import FeatureBatches
     from fedvlm.client.optim import SlotOptimizer
     from fedvlm.config import OptimConfig
@@ -106,7 +107,8 @@ def feature_cache(quick: bool, device: str) -> list[dict]:
 
 
 def batched_sinkhorn(quick: bool, device: str) -> list[dict]:
-    """FedOTP-sized problems: B images x C classes, each M patches x N prompts."""
+    """FedOTP-sized problems: B images x C classes, each M patches x N prompts. The batched call:
+    best of 3 after a warm-up; the POT loop: one pass (hundreds of calls)."""
     import ot
 
     from fedvlm.ot import sinkhorn
