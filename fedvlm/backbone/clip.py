@@ -84,20 +84,23 @@ def weights_identity(pretrained: str | None) -> str:
     return f"tag:{pretrained}"
 
 
-# fedvlm's own weight tags: name -> (model it belongs to, function returning the checkpoint path)
-FEDVLM_TAGS = {"synthetic": "fedvlm-tiny"}
+# fedvlm's own weight tags: tag -> (model it belongs to, pretraining recipe of fedvlm.backbone.pretrain_tiny)
+FEDVLM_TAGS = {"synthetic": ("fedvlm-tiny", "v2"), "synthetic-v1": ("fedvlm-tiny", "v1")}
 
 
 def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     """Turn fedvlm's own tags into checkpoint paths: ``synthetic`` is the tiny CLIP pretrained on
-    the synthetic world (shipped in fedvlm/backbone/checkpoints, see docs/SYNTHETIC_WORLD.md)."""
+    the synthetic world with patch-level alignment (recipe v2), ``synthetic-v1`` the first one
+    (pooled alignment only); both shipped in fedvlm/backbone/checkpoints (docs/SYNTHETIC_WORLD.md,
+    docs/WORLD.md)."""
     if pretrained not in FEDVLM_TAGS:
         return pretrained
-    if name != FEDVLM_TAGS[pretrained]:
-        raise ConfigError(f"model.pretrained: {pretrained!r} holds weights of {FEDVLM_TAGS[pretrained]}, not {name}")
+    model, recipe = FEDVLM_TAGS[pretrained]
+    if name != model:
+        raise ConfigError(f"model.pretrained: {pretrained!r} holds weights of {model}, not {name}")
     from fedvlm.backbone.pretrain_tiny import tiny_checkpoint_path
 
-    return str(tiny_checkpoint_path())
+    return str(tiny_checkpoint_path(recipe=recipe))
 
 
 def create_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu"):
@@ -117,7 +120,7 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
         raise ConfigError(f"model.pretrained: checkpoint file {pretrained} does not exist; expected a local open_clip "
                           "checkpoint (.pt, .bin or .safetensors) or an open_clip tag such as 'openai'")
     if pretrained is not None and not is_path:
-        tags = open_clip.list_pretrained_tags_by_model(name) + [t for t, m in FEDVLM_TAGS.items() if m == name]
+        tags = open_clip.list_pretrained_tags_by_model(name) + [t for t, (m, _) in FEDVLM_TAGS.items() if m == name]
         if pretrained not in tags:
             raise ConfigError(f"model.pretrained: {pretrained!r} is not an open_clip tag of {name}; expected one of "
                               f"{', '.join(tags) or '(none: give a checkpoint path)'}, a checkpoint path, or null")

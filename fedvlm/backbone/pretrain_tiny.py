@@ -40,7 +40,10 @@ TINY_IMAGE_SIZE = 64
 ZERO_SHOT_TEMPLATE = "an aerial photo of a {}."
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-SHIPPED_CHECKPOINT = CHECKPOINT_DIR / "fedvlm-tiny-synthetic.safetensors"
+SHIPPED_CHECKPOINT = CHECKPOINT_DIR / "fedvlm-tiny-synthetic.safetensors"  # recipe v2, tag ``synthetic``
+# the first shipped checkpoint (recipe v1, tag ``synthetic-v1``), kept for comparison (docs/WORLD.md)
+SHIPPED_V1_CHECKPOINT = CHECKPOINT_DIR / "fedvlm-tiny-synthetic-v1.safetensors"
+SHIPPED_CHECKPOINTS = {"v2": SHIPPED_CHECKPOINT, "v1": SHIPPED_V1_CHECKPOINT}
 
 # Pretraining draws its images from this seed; downstream datasets should use seeds below 1,000,000.
 PRETRAIN_SEED = 1_000_003
@@ -49,10 +52,16 @@ EVAL_SEED = 7
 EVAL_IMAGES = 320
 EVAL_STYLES = 4
 
-DEFAULTS = dict(
+# Recipe v1 (the checkpoint shipped first, kept as ``pretrained: synthetic-v1``): InfoNCE on the
+# pooled embedding alone. Its patch tokens are not aligned with text (docs/WORLD.md).
+V1_DEFAULTS = dict(
     seed=PRETRAIN_SEED, num_images=6144, epochs=5, batch_size=128, lr=1e-3, weight_decay=0.1,
     warmup_fraction=0.05, num_styles=8, style_strength=0.7, scene_mention=0.35, size=TINY_IMAGE_SIZE,
+    recipe="v1", mean_patch_weight=0.0, region_weight=0.0,
 )
+# Recipe v2 (``pretrained: synthetic``): the pooled InfoNCE plus two dense terms, see ``pretrain_tiny``.
+DEFAULTS = dict(V1_DEFAULTS, recipe="v2", mean_patch_weight=1.0, region_weight=1.0)
+RECIPES = ("v1", "v2")
 
 
 def register_model_configs() -> None:
@@ -68,15 +77,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEDVLM_CACHE", Path.home() / ".cache" / "fedvlm"))
 
 
-def tiny_checkpoint_path(build_if_missing: bool = True) -> Path:
-    """The tiny CLIP checkpoint: the shipped file, else one in the cache (built on first use)."""
-    if SHIPPED_CHECKPOINT.is_file():
-        return SHIPPED_CHECKPOINT
-    cached = cache_dir() / SHIPPED_CHECKPOINT.name
+def tiny_checkpoint_path(build_if_missing: bool = True, recipe: str = "v2") -> Path:
+    """The tiny CLIP checkpoint of ``recipe``: the shipped file, else one in the cache (built on first use)."""
+    shipped = SHIPPED_CHECKPOINTS[recipe]
+    if shipped.is_file():
+        return shipped
+    cached = cache_dir() / shipped.name
     if not cached.is_file():
         if not build_if_missing:
-            raise FileNotFoundError(f"no tiny CLIP checkpoint at {SHIPPED_CHECKPOINT} or {cached}")
-        pretrain_tiny(cached)
+            raise FileNotFoundError(f"no tiny CLIP checkpoint at {shipped} or {cached}")
+        pretrain_tiny(cached, **(V1_DEFAULTS if recipe == "v1" else DEFAULTS))
     return cached
 
 
@@ -141,15 +151,48 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
+def region_alignment_loss(patch_features, region_text_features, region_targets, logit_scale):
+    """Patch-to-word alignment with the world's own region maps (recipe v2's dense term).
+
+    patch_features [B, M, D] (projected patch tokens), region_text_features [R, D] (the text tower's
+    embedding of each region prompt), region_targets [B, M] (region label under each patch) ->
+    scalar: cross-entropy of every patch's cosine similarities to the R region texts, at the
+    model's logit scale. This is the dense, label-supervised form of CLIP's loss used by
+    dense-prediction CLIPs trained with region-text pairs (RegionCLIP, Zhong et al. 2022, Eq. 2:
+    region features contrasted against the concept embeddings of the region's name); the world's
+    instance and material maps supply the regions' names exactly.
+    """
+    import torch.nn.functional as F
+
+    patches = F.normalize(patch_features, dim=-1)
+    logits = logit_scale * patches @ F.normalize(region_text_features, dim=-1).T  # [B, M, R]
+    return F.cross_entropy(logits.flatten(0, 1), region_targets.flatten().long())
+
+
 def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED, num_images: int = DEFAULTS["num_images"],
                   epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
                   weight_decay: float = DEFAULTS["weight_decay"], warmup_fraction: float = DEFAULTS["warmup_fraction"],
                   num_styles: int = DEFAULTS["num_styles"], style_strength: float = DEFAULTS["style_strength"],
                   scene_mention: float = DEFAULTS["scene_mention"], size: int = DEFAULTS["size"],
+                  recipe: str = DEFAULTS["recipe"], mean_patch_weight: float = DEFAULTS["mean_patch_weight"],
+                  region_weight: float = DEFAULTS["region_weight"],
                   model_name: str = TINY_MODEL_NAME, workers: int = 2, threads: int | None = None,
                   max_steps: int | None = None,
                   eval_images: int = EVAL_IMAGES, log=print, return_model: bool = False) -> dict:
     """Pretrain the tiny CLIP on ``num_images`` synthetic image-caption pairs; save it to ``out_path``.
+
+    Recipe ``v1``: open_clip's symmetric InfoNCE on the pooled image embedding and the caption.
+    Recipe ``v2`` adds two terms so that the *projected patch tokens* behave like a real CLIP's
+    (aligned with text, and different from one another where the image differs):
+
+    * ``mean_patch_weight`` x the same InfoNCE with the mean of the projected patch tokens as the
+      image embedding (the image-level reading of the patches that FedOTP-style heads and
+      DualCoOp's region aggregation rely on);
+    * ``region_weight`` x ``region_alignment_loss``: every patch classified against the text
+      embeddings of the 33 region names (object types and materials,
+      ``fedvlm.data.synthetic.regions``) with the label of what lies under it. This keeps each
+      patch about its own region, where a per-patch InfoNCE against the whole caption would make
+      every patch a copy of the image embedding (measured in issue 12: patch spread 0.042 vs 0.115).
 
     Each epoch visits every image once in a seeded order with one of its five captions. Returns
     the record also written beside the checkpoint as ``<out_path>.json`` (arguments, timings, sha256,
@@ -161,11 +204,16 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     import torch
     import torch.nn.functional as F
 
-    from fedvlm.data.synthetic import generate_arrays, sample_styles
+    from fedvlm.data.synthetic import generate_arrays, generate_region_arrays, sample_styles
+    from fedvlm.data.synthetic.regions import region_texts
 
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    dense = recipe == "v2"
     arguments = dict(seed=seed, num_images=num_images, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, warmup_fraction=warmup_fraction, num_styles=num_styles,
                      style_strength=style_strength, scene_mention=scene_mention, size=size, model_name=model_name)
+    arguments.update(recipe=recipe, mean_patch_weight=mean_patch_weight, region_weight=region_weight)
     register_model_configs()
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -176,8 +224,14 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     started = time.perf_counter()
 
     styles = sample_styles(num_styles, seed, style_strength)
-    images, _, captions, _ = generate_arrays(num_images, seed, styles, size, scene_mention=scene_mention,
-                                             workers=workers)
+    grid = size // _patch_size(model_name)
+    if dense:
+        images, _, captions, _, regions = generate_region_arrays(num_images, grid, seed, styles, size,
+                                                                 scene_mention=scene_mention, workers=workers)
+        regions = torch.from_numpy(regions.astype(np.int64))  # [N, G, G]
+    else:
+        images, _, captions, _ = generate_arrays(num_images, seed, styles, size, scene_mention=scene_mention,
+                                                 workers=workers)
     generation_seconds = time.perf_counter() - started
     log(f"pretrain-tiny: generated {num_images} images in {generation_seconds:.1f} s")
 
@@ -185,12 +239,15 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     tokens = tokenizer([c for per_image in captions for c in per_image]).view(num_images, -1, tokenizer.context_length)
     model = open_clip.create_model(model_name)
     model.train()
+    model.visual.output_tokens = dense
 
     # Train only the embedding rows of tokens that occur (the captions' vocabulary and the
     # zero-shot template): the other ~49k rows would get zero gradients anyway, and skipping them
     # removes most of the optimizer's work. They are written back into the table at the end.
     template_tokens = tokenizer([ZERO_SHOT_TEMPLATE.format("x")])
-    used = torch.unique(torch.cat([tokens.flatten(), template_tokens.flatten(), torch.tensor([0])]))
+    region_tokens = tokenizer(region_texts()) if dense else torch.zeros(0, dtype=torch.long)
+    used = torch.unique(torch.cat([tokens.flatten(), template_tokens.flatten(), region_tokens.flatten(),
+                                   torch.tensor([0])]))
     remap = torch.zeros(model.vocab_size, dtype=torch.long)
     remap[used] = torch.arange(len(used))
     rows = torch.nn.Parameter(model.token_embedding.weight.detach()[used].clone())
@@ -227,9 +284,24 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
             text = tokens[index, torch.from_numpy(which_caption[index.numpy()])]
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, lr)
-            image_features = model.encode_image(x, normalize=True)
             text_features = encode_text_trimmed(model, text, embed)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            if dense:
+                pooled, patch_tokens = model.visual(x)
+                patch_features = patch_tokens @ model.visual.proj  # [B, M, D], as FrozenCLIP reads them
+                # the same flips and transposes on the region grid (patches are row-major over it)
+                target = regions[index]
+                target = torch.where(flip[:, 0].view(-1, 1, 1), target.flip(-1), target)
+                target = torch.where(flip[:, 1].view(-1, 1, 1), target.transpose(-1, -2), target)
+                scale = model.logit_scale.exp()
+                loss = loss_fn(F.normalize(pooled, dim=-1), text_features, scale)
+                loss = loss + mean_patch_weight * loss_fn(F.normalize(patch_features.mean(1), dim=-1),
+                                                          text_features, scale)
+                region_features = encode_text_trimmed(model, region_tokens, embed)
+                loss = loss + region_weight * region_alignment_loss(patch_features, region_features,
+                                                                    target.flatten(1), scale)
+            else:
+                image_features = model.encode_image(x, normalize=True)
+                loss = loss_fn(image_features, text_features, model.logit_scale.exp())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -243,6 +315,7 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     with torch.no_grad():
         model.token_embedding.weight[used] = rows
     model.token_embedding.weight.requires_grad_(True)
+    model.visual.output_tokens = False
     training_seconds = time.perf_counter() - train_started
     torch.use_deterministic_algorithms(deterministic)
     used_threads = torch.get_num_threads()
@@ -253,7 +326,9 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
         "command": "python -m fedvlm.backbone.pretrain_tiny " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in arguments.items() if k != "model_name"),
         "arguments": arguments,
+        "recipe": recipe,
         "steps": step,
+        "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "generation_seconds": round(generation_seconds, 1),
         "training_seconds": round(training_seconds, 1),
@@ -286,6 +361,13 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     return record
 
 
+def _patch_size(model_name: str) -> int:
+    import open_clip
+
+    patch = open_clip.get_model_config(model_name)["vision_cfg"]["patch_size"]
+    return patch if isinstance(patch, int) else patch[0]
+
+
 def save_checkpoint(model, path: str | Path) -> None:
     """Save the state dict as fp16 safetensors (what ``open_clip`` loads with ``pretrained=path``)."""
     import torch
@@ -303,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedvlm.backbone.pretrain_tiny", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint path (.safetensors)")
     for key, value in DEFAULTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+        if key == "recipe":
+            parser.add_argument("--recipe", choices=RECIPES, default=value,
+                                help="v2 (default): pooled + mean-patch + region alignment; v1: pooled only")
+        else:
+            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the pretraining images")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--eval-images", type=int, default=EVAL_IMAGES)
