@@ -133,6 +133,9 @@ class RuntimeConfig(Section):
     # torch.compile the frozen text transformer (GPU only: on CPU this is a documented no-op,
     # compile time there outweighs the gain for the short runs CPUs are used for).
     compile: bool = False
+    # Optimal transport heads: warn (once per run) when a round's plans violate their marginals by
+    # more than this relative error (logged every round as train/ot_marginal_error; fedvlm.ot).
+    ot_marginal_tolerance: float = Field(0.05, gt=0)
 
 
 class LoggingConfig(Section):

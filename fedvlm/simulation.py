@@ -43,6 +43,7 @@ from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
 from fedvlm.heads import HEADS, Head
 from fedvlm.heads.base import RoundContext
+from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.server import ClientUpdate
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
@@ -382,18 +383,25 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     round_bar = tqdm(range(state.next_round, rounds), desc=config.name, unit="round", disable=not show,
                      initial=state.next_round, total=rounds)
     rounds_started = time.time()
+    # the largest marginal error of the round's training plans (OT heads), max over the processes
+    marginals = MarginalErrorMonitor(config.runtime.ot_marginal_tolerance)
+    reduce_max = (lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="max").cpu()) \
+        if fabric.world_size > 1 else None
     for round_index in round_bar:
         sampled = sample_clients(config.seed, round_index, federation.num_clients, config.federation.participation)
         shards = shard_clients(sampled, sizes, fabric.world_size)
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
-                  disable=not show) as client_bar:
+                  disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar) if optimizer else []
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer) if optimizer else []
         apply_round(federation, state, results)
         state.next_round = round_index + 1
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": learning_rate(config, round_index),
                    "train/loss": _mean([r.loss for r in results]), **state.communication}
+        ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
+        if ot_marginal_error is not None:
+            metrics["train/ot_marginal_error"] = ot_marginal_error
         last = round_index == rounds - 1
         if (round_index + 1) % config.eval.every == 0 or last:
             metrics.update(evaluate(federation, state, fabric))
