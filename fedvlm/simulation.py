@@ -25,7 +25,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,8 +36,9 @@ from tqdm.auto import tqdm
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.client.batches import FeatureBatches, PixelBatches
-from fedvlm.client.optim import SlotOptimizer
-from fedvlm.client.training import ClientResult, ClientTask, train_pass
+from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
+from fedvlm.client.optim import learning_rate as scheduled_rate
+from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
 from fedvlm.config import ExperimentConfig
 from fedvlm.data.datasets import DATASETS, load_dataset
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
@@ -229,12 +232,17 @@ def shard_clients(clients: list[int], sizes: list[int], world_size: int) -> list
     return [sorted(shard) for shard in shards]
 
 
-def learning_rate(config: ExperimentConfig, round_index: int) -> float:
-    if config.optim.scheduler == "cosine" and config.federation.rounds > 0:
-        return 0.5 * config.optim.lr * (1 + math.cos(math.pi * round_index / config.federation.rounds))
-    if config.optim.scheduler == "step":
-        return config.optim.lr * config.optim.step_gamma ** (round_index // config.optim.step_rounds)
-    return config.optim.lr
+def learning_rate(config: ExperimentConfig, round_index: int) -> Callable[[int, int], float]:
+    """Round ``round_index``'s schedule: (local step, the client's steps per round) -> lr
+    (:func:`fedvlm.client.optim.learning_rate`)."""
+    return partial(scheduled_rate, config.optim, config.federation.rounds, round_index)
+
+
+def client_steps(federation: Federation) -> list[int]:
+    """Local steps per round of every client (fixed for the run: its data, batch size, epochs)."""
+    config = federation.config
+    return [local_step_count(len(rows), config.optim.batch_size, config.federation.local_epochs,
+                             config.federation.local_steps) for rows in federation.train]
 
 
 def train_clients(federation: Federation, state: ServerState, optimizer: SlotOptimizer, clients: list[int],
@@ -365,6 +373,8 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     is_main = fabric.global_rank == 0
     folder, resumed = _open_run_folder(fabric, config)
     federation = build_federation(config, fabric)
+    steps_per_round = client_steps(federation)
+    check_warmup_ends(config.optim, config.federation.rounds, steps_per_round)
     head = federation.head
     optimizer = SlotOptimizer(head.trainable(), config.optim) if head.trainable() else None
     state = ServerState(0, {n: federation.initial[n] for n in head.shared_names()})
@@ -397,7 +407,9 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer) if optimizer else []
         apply_round(federation, state, results)
         state.next_round = round_index + 1
-        metrics = {"round": round_index + 1, "clients": len(sampled), "lr": learning_rate(config, round_index),
+        # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
+        first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
+        metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
                    "train/loss": _mean([r.loss for r in results]), **state.communication}
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
