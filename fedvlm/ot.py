@@ -202,8 +202,10 @@ def solve_entropic_ot(
         # and an order of magnitude faster than logsumexp. (The capped problem's u <= 1 depends
         # on K's scale, so it always runs in the log domain.)
         low = cost.amin(dim=(-2, -1), keepdim=True)
-        span = (cost.amax(dim=(-2, -1), keepdim=True) - low).max().item() if cost.numel() else 0.0
-        if not row_mass_capped and span / eps <= KERNEL_DOMAIN_SPAN:
+        # (one host sync, and only where the answer can matter: balanced problems)
+        span = (cost.amax(dim=(-2, -1), keepdim=True) - low).max().item() \
+            if cost.numel() and not row_mass_capped else math.inf
+        if span / eps <= KERNEL_DOMAIN_SPAN:
             kernel = torch.exp(-(cost - low) / eps)
             u, v, iterations, residual = _kernel_iterations(kernel, log_a.exp(), log_b.exp(), max_iter, tol)
             plan = u.unsqueeze(-1) * kernel * v.unsqueeze(-2)
