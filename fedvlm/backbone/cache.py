@@ -275,9 +275,11 @@ def _checked_arrays(folder: Path, wanted: list[str]) -> tuple[str | None, dict[s
         except FileNotFoundError:
             return f"{name}.npy is missing", {}
         except (OSError, ValueError, EOFError) as error:  # truncated, not .npy, or an object array
-            return f"{name}.npy cannot be read: {str(error).splitlines()[0] if str(error) else type(error).__name__}", {}
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return f"{name}.npy cannot be read: {reason}", {}
         if str(array.dtype) != record["dtype"] or list(array.shape) != record["shape"]:
-            return f"{name}.npy is {array.dtype} {list(array.shape)}, meta.json says {record['dtype']} {record['shape']}", {}
+            found, recorded = f"{array.dtype} {list(array.shape)}", f"{record['dtype']} {record['shape']}"
+            return f"{name}.npy is {found}, meta.json says {recorded}", {}
         if array_checksum(array) != record["crc32"]:
             return f"{name}.npy does not match its checksum", {}
         arrays[name] = torch.from_numpy(array)
