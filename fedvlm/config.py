@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from fedvlm.errors import ConfigError
 
@@ -99,13 +99,37 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(32, gt=0)
-    scheduler: Literal["constant", "cosine", "step"] = "constant"  # learning rate over rounds
+    # The learning-rate schedule (fedvlm.client.optim.learning_rate): its shape, what it runs
+    # over, and a linear warm-up. "rounds": one rate per round (cosine over federation.rounds, or
+    # "step"); "round_steps": over each round's local steps, restarting every round;
+    # "run_steps": over every local step of the run (rounds x the client's steps per round), as
+    # a centralised paper's per-step schedule over its epochs.
+    scheduler: Literal["constant", "cosine", "step"] = "constant"
+    schedule_over: Literal["rounds", "round_steps", "run_steps"] = "rounds"
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up over the first local steps (per-step schedules)
     # scheduler "step": lr x step_gamma every step_rounds rounds (RDB: x0.7 every 20 epochs)
     step_rounds: int = Field(20, gt=0)
     step_gamma: float = Field(0.7, gt=0, le=1)
     # Keep each client's optimizer state (momentum, Adam moments) across rounds; false rebuilds it
     # every round, as most reference implementations do.
     keep_state: bool = False
+
+    def check_schedule(self, rounds: int) -> None:
+        """Refuse, in one line, a schedule that cannot act on a run of ``rounds`` rounds."""
+        if self.scheduler == "step" and self.schedule_over != "rounds":
+            raise ConfigError(f"optim.schedule_over: {self.schedule_over}, but scheduler step decays every "
+                              "optim.step_rounds rounds; set optim.schedule_over: rounds or optim.scheduler: cosine")
+        if self.warmup_steps and self.schedule_over == "rounds":
+            raise ConfigError(f"optim.warmup_steps: {self.warmup_steps} local steps of warm-up, but the schedule "
+                              "is one rate per round; set optim.schedule_over: round_steps or run_steps")
+        if self.schedule_over != "rounds" or rounds < 1:
+            return
+        if self.scheduler == "cosine" and rounds == 1:
+            raise ConfigError("optim.scheduler: cosine over rounds cannot act with federation.rounds=1 (the one "
+                              "round trains at optim.lr); set optim.schedule_over: run_steps for a per-step cosine")
+        if self.scheduler == "step" and self.step_rounds >= rounds:
+            raise ConfigError(f"optim.step_rounds: {self.step_rounds}, but the run has federation.rounds={rounds}: "
+                              f"the step schedule would never decay; expected fewer than {rounds}")
 
 
 class EvalConfig(Section):
@@ -133,6 +157,9 @@ class RuntimeConfig(Section):
     # torch.compile the frozen text transformer (GPU only: on CPU this is a documented no-op,
     # compile time there outweighs the gain for the short runs CPUs are used for).
     compile: bool = False
+    # Optimal transport heads: warn (once per run) when a round's plans violate their marginals by
+    # more than this relative error (logged every round as train/ot_marginal_error; fedvlm.ot).
+    ot_marginal_tolerance: float = Field(0.05, gt=0)
 
 
 class LoggingConfig(Section):
@@ -164,6 +191,11 @@ class ExperimentConfig(Section):
     sweep_values: dict[str, Any] = {}
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=(), validate_default=True)
+
+    @model_validator(mode="after")
+    def _schedule_acts(self):
+        self.optim.check_schedule(self.federation.rounds)
+        return self
 
     @field_validator("partition", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,8 +36,9 @@ from tqdm.auto import tqdm
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.client.batches import FeatureBatches, PixelBatches
-from fedvlm.client.optim import SlotOptimizer
-from fedvlm.client.training import ClientResult, ClientTask, train_pass
+from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
+from fedvlm.client.optim import learning_rate as scheduled_rate
+from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
 from fedvlm.config import ExperimentConfig
 from fedvlm.data.datasets import DATASETS, load_dataset
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
@@ -43,6 +46,7 @@ from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
 from fedvlm.heads import HEADS, Head
 from fedvlm.heads.base import RoundContext
+from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.server import ClientUpdate
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
@@ -228,12 +232,17 @@ def shard_clients(clients: list[int], sizes: list[int], world_size: int) -> list
     return [sorted(shard) for shard in shards]
 
 
-def learning_rate(config: ExperimentConfig, round_index: int) -> float:
-    if config.optim.scheduler == "cosine" and config.federation.rounds > 0:
-        return 0.5 * config.optim.lr * (1 + math.cos(math.pi * round_index / config.federation.rounds))
-    if config.optim.scheduler == "step":
-        return config.optim.lr * config.optim.step_gamma ** (round_index // config.optim.step_rounds)
-    return config.optim.lr
+def learning_rate(config: ExperimentConfig, round_index: int) -> Callable[[int, int], float]:
+    """Round ``round_index``'s schedule: (local step, the client's steps per round) -> lr
+    (:func:`fedvlm.client.optim.learning_rate`)."""
+    return partial(scheduled_rate, config.optim, config.federation.rounds, round_index)
+
+
+def client_steps(federation: Federation) -> list[int]:
+    """Local steps per round of every client (fixed for the run: its data, batch size, epochs)."""
+    config = federation.config
+    return [local_step_count(len(rows), config.optim.batch_size, config.federation.local_epochs,
+                             config.federation.local_steps) for rows in federation.train]
 
 
 def train_clients(federation: Federation, state: ServerState, optimizer: SlotOptimizer, clients: list[int],
@@ -364,6 +373,8 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     is_main = fabric.global_rank == 0
     folder, resumed = _open_run_folder(fabric, config)
     federation = build_federation(config, fabric)
+    steps_per_round = client_steps(federation)
+    check_warmup_ends(config.optim, config.federation.rounds, steps_per_round)
     head = federation.head
     optimizer = SlotOptimizer(head.trainable(), config.optim) if head.trainable() else None
     state = ServerState(0, {n: federation.initial[n] for n in head.shared_names()})
@@ -382,18 +393,27 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     round_bar = tqdm(range(state.next_round, rounds), desc=config.name, unit="round", disable=not show,
                      initial=state.next_round, total=rounds)
     rounds_started = time.time()
+    # the largest marginal error of the round's training plans (OT heads), max over the processes
+    marginals = MarginalErrorMonitor(config.runtime.ot_marginal_tolerance)
+    reduce_max = (lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="max").cpu()) \
+        if fabric.world_size > 1 else None
     for round_index in round_bar:
         sampled = sample_clients(config.seed, round_index, federation.num_clients, config.federation.participation)
         shards = shard_clients(sampled, sizes, fabric.world_size)
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
-                  disable=not show) as client_bar:
+                  disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar) if optimizer else []
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer) if optimizer else []
         apply_round(federation, state, results)
         state.next_round = round_index + 1
-        metrics = {"round": round_index + 1, "clients": len(sampled), "lr": learning_rate(config, round_index),
+        # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
+        first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
+        metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
                    "train/loss": _mean([r.loss for r in results]), **state.communication}
+        ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
+        if ot_marginal_error is not None:
+            metrics["train/ot_marginal_error"] = ot_marginal_error
         last = round_index == rounds - 1
         if (round_index + 1) % config.eval.every == 0 or last:
             metrics.update(evaluate(federation, state, fabric))

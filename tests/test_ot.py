@@ -1,10 +1,13 @@
 """fedvlm.ot against POT, and the properties the heads rely on (batching, marginals, no gradient)."""
 
+import warnings
+
 import ot as pot
 import pytest
 import torch
 
-from fedvlm.ot import ot_similarity, partial_sinkhorn, sinkhorn, solve_entropic_ot, transport_cost
+from fedvlm.ot import (MarginalErrorMonitor, OTMarginalWarning, ot_similarity, partial_sinkhorn, sinkhorn,
+                       solve_entropic_ot, transport_cost)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
@@ -93,7 +96,7 @@ def test_balanced_plan_meets_both_marginals_in_float32():
     plan = solution.plan
 
     assert plan.shape == (8, 10, 49, 4)
-    assert solution.marginal_error <= 1e-5
+    assert solution.residual <= 1e-5
     torch.testing.assert_close(plan.sum(-1), torch.full((8, 10, 49), 1 / 49), rtol=0, atol=1e-5)
     torch.testing.assert_close(plan.sum(-2), torch.full((8, 10, 4), 1 / 4), rtol=0, atol=1e-6)
 
@@ -169,7 +172,7 @@ def test_early_stopping_stops_on_an_easy_problem():
 
     easy = solve_entropic_ot(cost, eps=1.0, max_iter=1000, tol=1e-6)
     assert easy.iterations < 20
-    assert easy.marginal_error <= 1e-6
+    assert easy.residual <= 1e-6
 
     exhaustive = solve_entropic_ot(cost, eps=1.0, max_iter=30, tol=0.0)
     assert exhaustive.iterations == 30
@@ -194,8 +197,8 @@ def test_error_reported_at_max_iter_is_that_of_the_returned_plan():
 
     assert solution.iterations == 3
     row_error = (solution.plan.sum(-1) - 1 / 10).abs().sum().item()
-    assert solution.marginal_error == pytest.approx(row_error, rel=1e-9)
-    assert solution.marginal_error > 1e-12
+    assert solution.residual == pytest.approx(row_error, rel=1e-9)
+    assert solution.residual > 1e-12
 
 
 def test_infeasible_masses_are_rejected():
@@ -219,4 +222,53 @@ def test_kernel_domain_and_log_domain_iterations_agree(monkeypatch):
     slow = solve_entropic_ot(cost, a, eps=0.2, max_iter=15, tol=0.0)
     assert fast.iterations == slow.iterations == 15
     torch.testing.assert_close(fast.plan, slow.plan, atol=1e-7, rtol=1e-5)
-    assert abs(fast.marginal_error - slow.marginal_error) < 1e-6
+    assert fast.residual is None and slow.residual is None  # tol = 0: not measured, no host sync
+    assert abs(float(fast.marginal_error) - float(slow.marginal_error)) < 1e-5
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_marginal_error_is_the_relative_constraint_violation_of_the_returned_plan(capped):
+    generator = torch.Generator().manual_seed(13)
+    cost = cosine_cost(generator, 4, 3, 49, 4)
+    solution = solve_entropic_ot(cost, eps=0.01, max_iter=100, tol=0.0, row_mass_capped=capped,
+                                 default_column_mass=0.8 if capped else 1.0)
+
+    rows = solution.plan.double().sum(-1)  # a = 1/49 per patch
+    columns = solution.plan.double().sum(-2)  # b = 0.8/4 (partial) or 1/4 per prompt
+    row_violation = (rows - 1 / 49).clamp(min=0) if capped else (rows - 1 / 49).abs()
+    column_mass = (0.8 if capped else 1.0) / 4
+    direct = max((row_violation * 49).max().item(), ((columns - column_mass).abs() / column_mass).max().item())
+    assert solution.marginal_error.shape == () and solution.marginal_error.device == cost.device
+    assert float(solution.marginal_error) == pytest.approx(direct, rel=1e-4, abs=1e-6)
+
+
+def test_small_eps_with_100_iterations_violates_the_marginals_and_a_converged_solve_does_not():
+    generator = torch.Generator().manual_seed(14)
+    cost = cosine_cost(generator, 8, 10, 49, 4)
+    rough = solve_entropic_ot(cost, eps=0.01, max_iter=100, tol=0.0)
+    converged = solve_entropic_ot(cost, eps=0.1, max_iter=1000, tol=1e-7)
+    assert float(rough.marginal_error) > 0.05
+    assert float(converged.marginal_error) < 1e-3
+
+
+def test_monitor_keeps_the_max_of_a_round_and_warns_once_per_run():
+    generator = torch.Generator().manual_seed(15)
+    cost = cosine_cost(generator, 4, 3, 49, 4)
+    monitor = MarginalErrorMonitor(tolerance=0.05)
+    errors = []
+    with monitor.recording():
+        for eps in (0.1, 0.01, 0.05):
+            solution = solve_entropic_ot(cost, eps=eps, max_iter=100, tol=0.0, row_mass_capped=True,
+                                         default_column_mass=0.8)
+            errors.append(float(solution.marginal_error))
+    solve_entropic_ot(cost, eps=0.001, max_iter=5, tol=0.0)  # not recording: not counted
+    assert max(errors) > 0.05
+    with pytest.warns(OTMarginalWarning) as caught:
+        assert monitor.end_round(0) == pytest.approx(max(errors))
+    assert len(caught) == 1 and "runtime.ot_marginal_tolerance" in str(caught[0].message)
+    with monitor.recording():
+        solve_entropic_ot(cost, eps=0.01, max_iter=100, tol=0.0, row_mass_capped=True, default_column_mass=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per run: the second round above tolerance is quiet
+        assert monitor.end_round(1) > 0.05
+    assert monitor.end_round(2) is None  # a round that solved nothing

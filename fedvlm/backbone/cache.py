@@ -17,6 +17,11 @@ sizes, modification times) and whether patch tokens are included. Extraction is 
 processes in fixed batches (so the numbers do not depend on the process count) and combined with
 one all-reduce; a disk entry is written to a temporary folder and renamed when complete, so a
 killed extraction never leaves a half-written cache.
+
+Every disk cache (these features, the caption features of :mod:`fedvlm.backbone.text_cache`)
+goes through :func:`write_arrays` / :func:`read_arrays`: meta.json records each array's dtype,
+shape and content checksum, verified on every load; a damaged entry (altered, truncated, its
+metadata gone) is rebuilt with one :class:`CacheWarning` naming it (docs/RELIABILITY.md, 3a).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -203,23 +210,102 @@ def _write(folder: Path, table: FeatureTable, backbone: FrozenCLIP, count: int) 
                  {"model": backbone.name, "pretrained": backbone.pretrained, "images": count})
 
 
+class CacheWarning(UserWarning):
+    """A damaged cache entry was found and is being rebuilt."""
+
+
+# The meta.json format of a cache entry; an entry in another format (an older fedvlm's, without
+# checksums) is rebuilt like a damaged one.
+CACHE_FORMAT = "fedvlm-cache/2"
+# dtypes a cache may hold: plain numbers only (an object array would need pickle to load).
+_ALLOWED_DTYPES = ("float16", "float32", "float64", "int64", "int32", "bool")
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """Content checksum of an array's bytes (C order): CRC-32 (zlib), as 8 hex digits.
+
+    Why CRC-32: it is in the standard library and the fastest checksum there (about 2 GB/s on one
+    core; BLAKE2b runs at about 0.45 GB/s, SHA-256 at 0.9 GB/s only where the CPU has SHA
+    instructions), so verifying a warm start stays a small part of it (docs/PERFORMANCE.md: 166 MB
+    of patch tokens, 10k x 65 x 128 fp16, verified in about 0.1 s). It catches every change of up
+    to 32 consecutive bits (any one altered value) and misses a random alteration with
+    probability 2^-32. It guards against damage, not against someone who can also rewrite
+    meta.json: no checksum stored beside the data could.
+    """
+    return f"{zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8)):08x}"
+
+
 def read_arrays(folder: Path, wanted: list[str]) -> dict[str, torch.Tensor] | None:
-    """The ``wanted`` arrays of a cache folder (memory-mapped, copy on write), or None when the
-    folder is incomplete (never written, or written by a run that was killed)."""
-    if not (folder / "meta.json").exists() or not all((folder / f"{name}.npy").exists() for name in wanted):
+    """The ``wanted`` arrays of a cache folder (memory-mapped, copy on write), or None.
+
+    None when the folder was never written (a plain miss), and, with one :class:`CacheWarning`
+    naming the entry, when it is damaged: meta.json missing, unreadable or not of the expected
+    schema, an array missing, truncated, of another shape or dtype than recorded, or whose
+    content checksum differs from the one written with it. The caller then rebuilds the entry.
+    Nothing read can run code: meta.json is JSON, arrays load with ``allow_pickle=False``.
+    """
+    if not folder.is_dir():
         return None
-    return {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in wanted}
+    problem, arrays = _checked_arrays(folder, wanted)
+    if problem is not None:
+        warnings.warn(f"cache entry {folder} is damaged ({problem}); rebuilding it", CacheWarning,
+                      stacklevel=3)
+        return None
+    return arrays
+
+
+def _checked_arrays(folder: Path, wanted: list[str]) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """(None, arrays) when every wanted array matches meta.json, else (what is wrong, {})."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json is missing", {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "meta.json is not valid JSON", {}
+    records = meta.get("arrays") if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+    if not isinstance(records, dict):
+        return f"meta.json is not a {CACHE_FORMAT} record", {}
+    arrays = {}
+    for name in wanted:
+        record = records.get(name)
+        if not _valid_record(record):
+            return f"meta.json has no valid record of {name}", {}
+        try:
+            array = np.load(folder / f"{name}.npy", mmap_mode="c", allow_pickle=False)
+        except FileNotFoundError:
+            return f"{name}.npy is missing", {}
+        except (OSError, ValueError, EOFError) as error:  # truncated, not .npy, or an object array
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return f"{name}.npy cannot be read: {reason}", {}
+        if str(array.dtype) != record["dtype"] or list(array.shape) != record["shape"]:
+            found, recorded = f"{array.dtype} {list(array.shape)}", f"{record['dtype']} {record['shape']}"
+            return f"{name}.npy is {found}, meta.json says {recorded}", {}
+        if array_checksum(array) != record["crc32"]:
+            return f"{name}.npy does not match its checksum", {}
+        arrays[name] = torch.from_numpy(array)
+    return None, arrays
+
+
+def _valid_record(record) -> bool:
+    return (isinstance(record, dict) and record.get("dtype") in _ALLOWED_DTYPES
+            and isinstance(record.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in record["shape"])
+            and isinstance(record.get("crc32"), str))
 
 
 def write_arrays(folder: Path, arrays: dict[str, torch.Tensor | None], meta: dict) -> None:
     """Write a cache folder atomically: into a temporary sibling, then renamed over ``folder``, so
-    a reader never sees half a cache (None arrays are skipped)."""
+    a reader never sees half a cache (None arrays are skipped). meta.json records each array's
+    dtype, shape and content checksum (:func:`array_checksum`), which :func:`read_arrays` verifies."""
     temporary = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     temporary.mkdir(parents=True, exist_ok=True)
+    records = {}
     for name, array in arrays.items():
         if array is not None:
-            np.save(temporary / f"{name}.npy", array.numpy())
-    (temporary / "meta.json").write_text(json.dumps(meta))
+            values = np.ascontiguousarray(array.numpy())
+            np.save(temporary / f"{name}.npy", values, allow_pickle=False)
+            records[name] = {"dtype": str(values.dtype), "shape": list(values.shape), "crc32": array_checksum(values)}
+    (temporary / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, "arrays": records, "info": meta}))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(temporary, folder)

@@ -7,7 +7,8 @@ Retrieval runs encode their captions here before the first round; no round re-en
 
 Like the image cache (:mod:`fedvlm.backbone.cache`), the result is kept in memory for the process
 and, with ``mode="disk"``, under ``<cache_dir>/captions/<key>/`` (written to a temporary folder
-and renamed when complete). The key hashes the model identity, the caption texts and whether
+and renamed when complete; its arrays are checksummed and verified on load, a damaged entry is
+rebuilt with one warning). The key hashes the model identity, the caption texts and whether
 token features are included. Token features are stored in float16 (RSICD's 54,605 captions at
 ViT-B width are about 2 GB that way); the pooled features stay float32.
 """

@@ -6,13 +6,69 @@ tensor operation updates every client with exactly the arithmetic of ``torch.opt
 ``torch.optim.AdamW`` applied to that client alone (tests check this). ``active [S]`` masks
 clients that have no batch at this step (they ran out of local data): their parameters and
 state stay untouched, as if they had stopped.
+
+:func:`learning_rate` is the schedule: a pure function of (round, local step, the client's steps
+per round), so batched and sequential execution and a resumed run apply the same rate at every
+step of every client.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fedvlm.config import OptimConfig
+from fedvlm.errors import ConfigError
+
+
+def learning_rate(config: OptimConfig, rounds: int, round_index: int, step: int = 0, round_steps: int = 1) -> float:
+    """The learning rate of local step ``step`` (0-based) in round ``round_index`` (0-based) of a
+    client that takes ``round_steps`` local steps per round, in a run of ``rounds`` rounds.
+
+    ``schedule_over: rounds`` (one rate per round, the round index as the papers' epoch)::
+
+        cosine: lr_r = lr / 2 * (1 + cos(pi r / R))        step: lr_r = lr * gamma^floor(r / step_rounds)
+
+    ``round_steps`` (position s = step, length L = round_steps) and ``run_steps`` (s = round_index
+    * round_steps + step, L = rounds * round_steps), with W = ``warmup_steps``; PAINT's schedule
+    (the ``cosine_lr`` of the WiSE-FT code it fine-tunes with)::
+
+        s < W:   lr_s = lr * (s + 1) / W
+        s >= W:  lr_s = lr / 2 * (1 + cos(pi (s - W) / (L - W)))   (cosine; constant: lr)
+
+    A step is one local optimizer update of *this* client: a client with fewer batches runs its
+    own, shorter schedule to its end (every client's cosine decays over its own local steps), so
+    the rate never depends on which clients share a pass or a process.
+    """
+    lr = config.lr
+    if config.schedule_over == "rounds":
+        if config.scheduler == "cosine" and rounds > 0:
+            return 0.5 * lr * (1 + math.cos(math.pi * round_index / rounds))
+        if config.scheduler == "step":
+            return lr * config.step_gamma ** (round_index // config.step_rounds)
+        return lr
+    position = step if config.schedule_over == "round_steps" else round_index * round_steps + step
+    length = round_steps if config.schedule_over == "round_steps" else rounds * round_steps
+    warmup = config.warmup_steps
+    if position < warmup:
+        return lr * (position + 1) / warmup
+    if config.scheduler == "cosine" and length > warmup:
+        return 0.5 * lr * (1 + math.cos(math.pi * (position - warmup) / (length - warmup)))
+    return lr
+
+
+def check_warmup_ends(config: OptimConfig, rounds: int, client_steps: list[int]) -> None:
+    """Refuse, in one line, a warm-up that outlasts some client's schedule (``client_steps[k]``:
+    client k's local steps per round; clients without data are ignored)."""
+    if not config.warmup_steps or config.schedule_over == "rounds" or rounds < 1:
+        return
+    span = "per round" if config.schedule_over == "round_steps" else "over the run"
+    for client, steps in enumerate(client_steps):
+        length = steps if config.schedule_over == "round_steps" else rounds * steps
+        if 0 < length <= config.warmup_steps:
+            raise ConfigError(f"optim.warmup_steps: {config.warmup_steps}, but client {client} takes {length} local "
+                              f"steps {span}: the warm-up would never end; expected fewer than {length}")
 
 
 class SlotOptimizer:

@@ -11,6 +11,7 @@ client), so its trajectory does not depend on which other clients share the pass
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,6 +43,13 @@ def client_generator(seed: int, round_index: int, client: int, stream: int = 0) 
     return np.random.default_rng([int(seed), int(round_index), int(client), 0x5EED, stream])
 
 
+def local_step_count(num_samples: int, batch_size: int, epochs: int, steps: int | None) -> int:
+    """How many local steps a client with ``num_samples`` takes per round: ``len(batch_schedule(...))``."""
+    if num_samples == 0:
+        return 0
+    return steps if steps is not None else epochs * -(-num_samples // batch_size)
+
+
 def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int | None,
                    rng: np.random.Generator) -> list[np.ndarray]:
     """The client's batches for one round: ``epochs`` shuffled passes over its data, or exactly
@@ -60,10 +68,13 @@ def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int
 
 
 def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data, *,
-               batch_size: int, epochs: int, steps: int | None, lr: float, seed: int, round_index: int,
-               penalty=None, global_shared: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
+               batch_size: int, epochs: int, steps: int | None, lr: float | Callable[[int, int], float], seed: int,
+               round_index: int, penalty=None, global_shared: dict[str, torch.Tensor] | None = None
+               ) -> list[ClientResult]:
     """Train ``tasks`` (at most ``head.num_slots`` clients) for one round, together.
 
+    ``lr``: a constant, or ``lr(step, client_steps)``, the rate of a client's local step ``step``
+    when it takes ``client_steps`` steps this round (:func:`fedvlm.client.optim.learning_rate`).
     ``penalty(shared_params, global_shared) -> [S] | None`` adds an algorithm's local term
     (FedProx's proximal term) to every slot's loss.
     """
@@ -81,7 +92,11 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
     losses = torch.zeros(head.num_slots, dtype=torch.float64)
     params = head.trainable()
     shared_names = head.shared_names()
-    rates = torch.full((head.num_slots,), float(lr), device=device)
+    # [steps, S]: each slot follows its own client's schedule (one transfer per pass, none per step)
+    schedule_of = lr if callable(lr) else (lambda step, client_steps: lr)
+    rates = torch.tensor([[float(schedule_of(step, len(schedules[slot]))) if slot < len(schedules) else 0.0
+                           for slot in range(head.num_slots)] for step in range(num_steps)],
+                         dtype=torch.float32).reshape(num_steps, head.num_slots).to(device)
     head.train()
     for step in range(num_steps):
         live = [slot for slot, schedule in enumerate(schedules) if step < len(schedule)]
@@ -100,7 +115,7 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
         per_slot = per_slot * active  # slots without a batch contribute nothing
         grads = torch.autograd.grad(per_slot.sum(), list(params.values()), allow_unused=True)
         grads = {name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(params.items(), grads)}
-        optimizer.step(grads, rates, active)
+        optimizer.step(grads, rates[step], active)
         head.after_step(active)
         losses += per_slot.detach().double().cpu()
     head.eval()

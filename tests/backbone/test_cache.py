@@ -1,4 +1,7 @@
+import json
 import os
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -86,3 +89,63 @@ def test_augmented_views_are_fixed_distinct_and_cached(tiny_backbone, paths, tmp
     cache.clear_memory_cache()
     loaded = cache.image_features(tiny_backbone, paths[:6], patches=False, mode="disk", cache_dir=tmp_path, views=2)
     assert torch.equal(loaded.view_pooled, stored.view_pooled) and loaded.num_views == 2
+
+
+def _damage(folder, how):
+    """Damage a disk cache entry the ways a disk, a copy or a user can."""
+    if how == "altered":  # one value changed, same shape and dtype
+        array = np.load(folder / "patches.npy", mmap_mode="r+")
+        array[3, 1, 2] += 1.0
+        array.flush()
+        del array
+    elif how == "truncated":
+        path = folder / "patches.npy"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "meta_deleted":
+        (folder / "meta.json").unlink()
+    elif how == "checksum_deleted":
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["arrays"]["pooled"]["crc32"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif how == "pickled_array":  # an object array would need pickle (code) to load
+        np.save(folder / "pooled.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    elif how == "meta_not_json":
+        (folder / "meta.json").write_bytes(b"\xff\xfe not json")
+
+
+@pytest.mark.parametrize("how", ["altered", "truncated", "meta_deleted", "checksum_deleted", "pickled_array",
+                                 "meta_not_json"])
+def test_damaged_disk_entry_is_rebuilt_with_one_warning(tiny_backbone, paths, tmp_path, how):
+    cache.clear_memory_cache()
+    fresh = cache.extract(tiny_backbone, paths, patches=True)  # the batch size image_features uses
+    cache.image_features(tiny_backbone, paths, patches=True, mode="disk", cache_dir=tmp_path)
+    (folder,) = (tmp_path / "features").iterdir()
+    _damage(folder, how)
+    cache.clear_memory_cache()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt = cache.image_features(tiny_backbone, paths, patches=True, mode="disk", cache_dir=tmp_path)
+
+    messages = [str(w.message) for w in caught if issubclass(w.category, cache.CacheWarning)]
+    assert len(messages) == 1 and "\n" not in messages[0] and str(folder) in messages[0], messages
+    assert torch.equal(rebuilt.pooled, fresh.pooled) and torch.equal(rebuilt.patches, fresh.patches)
+    cache.clear_memory_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten entry verifies: no second warning
+        again = cache.image_features(tiny_backbone, paths, patches=True, mode="disk", cache_dir=tmp_path)
+    assert torch.equal(again.patches, fresh.patches)
+    cache.clear_memory_cache()
+
+
+def test_checksum_is_recorded_and_a_missing_entry_is_a_silent_miss(tiny_backbone, paths, tmp_path):
+    cache.clear_memory_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # first build: no warning
+        table = cache.image_features(tiny_backbone, paths, patches=False, mode="disk", cache_dir=tmp_path)
+    (folder,) = (tmp_path / "features").iterdir()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["format"] == cache.CACHE_FORMAT
+    assert meta["arrays"]["pooled"] == {"dtype": "float32", "shape": list(table.pooled.shape),
+                                        "crc32": f"{zlib.crc32(table.pooled.numpy().tobytes()):08x}"}
+    cache.clear_memory_cache()

@@ -1,8 +1,12 @@
 """Caption features: token outputs consistent with encode_text, computed once, cached on disk."""
 
+import warnings
+
+import numpy as np
 import torch
 
 from fedvlm.backbone import text_cache
+from fedvlm.backbone.cache import CacheWarning
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.backbone.text_cache import caption_features
 
@@ -39,3 +43,23 @@ def test_pooled_features_are_encode_text_for_a_tower_that_cannot_be_trimmed():
     table = text_cache.encode_captions(backbone, CAPTIONS, tokens=True)
     torch.testing.assert_close(table.pooled, backbone.encode_text(CAPTIONS), atol=1e-5, rtol=1e-5)
     assert table.tokens.shape[1] == table.token_ids.shape[1] == int(table.eot.max()) + 1
+
+
+def test_altered_caption_tokens_are_rebuilt_with_one_warning(tiny_backbone, tmp_path):
+    text_cache.clear_memory_cache()
+    fresh = text_cache.encode_captions(tiny_backbone, CAPTIONS, tokens=True)
+    caption_features(tiny_backbone, CAPTIONS, tokens=True, mode="disk", cache_dir=tmp_path)
+    (folder,) = (tmp_path / "captions").iterdir()
+    tokens = np.load(folder / "tokens.npy", mmap_mode="r+")
+    tokens[1, 2, 3] += 1.0  # same shape, one other value
+    tokens.flush()
+    del tokens
+    text_cache.clear_memory_cache()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt = caption_features(tiny_backbone, CAPTIONS, tokens=True, mode="disk", cache_dir=tmp_path)
+
+    assert [issubclass(w.category, CacheWarning) and str(folder) in str(w.message) for w in caught] == [True]
+    assert torch.equal(rebuilt.tokens, fresh.tokens) and torch.equal(rebuilt.pooled, fresh.pooled)
+    text_cache.clear_memory_cache()
