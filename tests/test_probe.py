@@ -92,6 +92,13 @@ def test_linear_probe_is_deterministic_and_beats_chance_on_separable_data():
     assert first["accuracy"] > 0.9 and first["C"] in probe.LINEAR_PROBE_CS
 
 
+def test_validation_quarter_holds_out_a_quarter_of_every_class():
+    labels = torch.arange(128) % 16  # the scene split's training half: blocks of the 16 classes in order
+    held_out = probe.validation_quarter(labels)
+    assert int(held_out.sum()) == 32
+    assert torch.equal(torch.bincount(labels[held_out], minlength=16), torch.full((16,), 2))
+
+
 def test_random_ranking_map_is_near_the_positive_rate():
     targets = (torch.rand(400, 5, generator=torch.Generator().manual_seed(5)) < 0.2).float()
     rate = probe.positive_rate(targets)
@@ -146,3 +153,20 @@ def test_shipped_v2_mean_patch_zero_shot_is_at_least_80_percent_of_pooled():
     accuracy = probe.scene_zero_shot(pooled, patches, split.labels, texts)
     assert accuracy["scene_zero_shot_pooled"] > 2 / 16  # the checkpoint is a trained one
     assert accuracy["scene_zero_shot_mean_patch"] >= 0.8 * accuracy["scene_zero_shot_pooled"], accuracy
+
+
+def test_dual_prompt_logits_are_dualcoops_formula_on_the_written_prompts(tiny_backbone):
+    """The zero-shot DualCoOp score is the head's region aggregation over the pooled embedding and
+    every patch, with the prompts "an aerial photo of a {c}." / "an aerial photo without a {c}."."""
+    generator = torch.Generator().manual_seed(6)
+    pooled = torch.randn(5, tiny_backbone.embed_dim, generator=generator)
+    patches = torch.randn(5, 4, tiny_backbone.embed_dim, generator=generator)
+    names = ["airplane", "storage tank", "car"]
+    logits = probe.dual_prompt_logits(tiny_backbone, names, pooled, patches)
+    positive = tiny_backbone.encode_text([f"an aerial photo of a {n}." for n in names])
+    negative = tiny_backbone.encode_text([f"an aerial photo without a {n}." for n in names])
+    regions = torch.cat([pooled.unsqueeze(1), patches], dim=1)  # [N, 1 + M, D]
+    s_pos, s_neg = 20 * probe.cosine(regions, positive), 20 * probe.cosine(regions, negative)  # [N, 1 + M, C]
+    weights = torch.softmax(s_pos, dim=1)
+    expected = float(tiny_backbone.logit_scale) / 20 * ((weights * s_pos).sum(1) - (weights * s_neg).sum(1))
+    assert torch.allclose(logits, expected, atol=1e-4)
