@@ -39,14 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedvlm.backbone.pretrain_tiny import EVAL_STYLES, ZERO_SHOT_TEMPLATE
 from fedvlm.data.formats.common import CaptionSet, MultiLabelSet
 from fedvlm.errors import UserError
 
 PROBE_SEED = 12  # the scene split's seed (the layouts use seed + 1); experiments use 0, the sidecar 7
 PROBE_IMAGES = 400  # scene-split images; the layouts get LAYOUT_FACTOR times as many
 LAYOUT_FACTOR = 5  # -> VOC test 50 %, COCO val2014 33 %, RSICD test 10 % of 5 x images
-PROBE_STYLES = 4  # client styles, as the downstream eval split of pretrain_tiny
-TEMPLATE = "an aerial photo of a {}."  # pretrain_tiny.ZERO_SHOT_TEMPLATE
+PROBE_STYLES = EVAL_STYLES  # client styles, as the downstream eval split of pretrain_tiny
+TEMPLATE = ZERO_SHOT_TEMPLATE  # "an aerial photo of a {}.", the template the tiny CLIPs' sidecars report
 # DualCoOp's positive / negative contexts, hand-written for zero-shot: the handcrafted
 # "a photo of a [class]" / "a photo without a [class]" captions of PositiveCoOp (Fig. 1).
 POSITIVE_CONTEXT = "an aerial photo of a"
@@ -466,11 +467,12 @@ FIGURES: dict[str, tuple[str, bool]] = {
 
 def targets(figures: dict, reference: dict | None) -> list[dict]:
     """Issue 12's targets for one backbone: ``[{"target", "value", "threshold", "passed"}]``. The spread
-    target compares with the ``reference`` backbone's figures (None: not judged)."""
+    target compares with the ``reference`` backbone's figures (None, or the reference itself: not
+    judged, ``passed`` None)."""
+    judged = reference is not None and reference is not figures
     rows = [("mean-patch zero-shot >= 80% of pooled zero-shot", figures["scene_zero_shot_mean_patch"],
              0.8 * figures["scene_zero_shot_pooled"]),
-            (f"patch spread >= {REFERENCE}'s", figures["patch_spread"],
-             reference["patch_spread"] if reference is not None else None),
+            (f"patch spread >= {REFERENCE}'s", figures["patch_spread"], reference["patch_spread"] if judged else None),
             ("per-patch accuracy >= 3x chance (3/33)", figures["patch_accuracy"], 3 * figures["patch_chance"]),
             ("linear probe >= zero-shot + 10 points (probe test half)", figures["linear_probe"],
              figures["zero_shot_on_probe_test"] + 0.10)]
@@ -484,8 +486,12 @@ def targets(figures: dict, reference: dict | None) -> list[dict]:
 
 # --------------------------------------------------------------------------- probe_world
 
+def _is_random(pretrained: str | None) -> bool:
+    return pretrained is None or pretrained.lower() in ("random", "none", "null")
+
+
 def _label(pretrained: str | None) -> str:
-    return "random" if pretrained is None else pretrained
+    return "random" if _is_random(pretrained) else pretrained
 
 
 def load_backbone(model: str, pretrained: str | None):
@@ -493,7 +499,7 @@ def load_backbone(model: str, pretrained: str | None):
     drawn from torch seed 0, so a random backbone is the same in every run)."""
     from fedvlm.backbone.clip import FrozenCLIP
 
-    if pretrained is None or pretrained.lower() in ("random", "none", "null"):
+    if _is_random(pretrained):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             return FrozenCLIP.load(model, None)
@@ -581,16 +587,16 @@ def world_markdown(table: dict, command: str) -> str:
              "compare chance with chance and mean nothing.", "",
              "## Targets (issue 12)", "",
              "Each cell: measured value, the threshold it must reach, PASS / FAIL (`-`: not judged: the spread "
-             f"target compares with `{REFERENCE}`, which was not probed).", "", header]
+             f"target needs `{REFERENCE}` among the probed backbones).", "", header]
     for index, row in enumerate(table["targets"][labels[0]]):
         cells = []
         for label in labels:
             target = table["targets"][label][index]
-            if target["passed"] is None:
-                cells.append("-")
-                continue
             spread = "spread" in target["target"]
             shown = (lambda v: f"{v:.3f}") if spread else (lambda v: f"{100 * v:.1f}")
+            if target["passed"] is None:
+                cells.append(f"{shown(target['value'])} (the reference)" if label == REFERENCE else "-")
+                continue
             cells.append(f"{shown(target['value'])} vs {shown(target['threshold'])}: "
                          f"{'PASS' if target['passed'] else 'FAIL'}")
         lines.append(f"| {row['target']} | " + " | ".join(cells) + " |")

@@ -106,8 +106,16 @@ def test_random_ranking_map_is_near_the_positive_rate():
     assert probe.random_ranking_map(targets) == pytest.approx(rate, abs=0.04)
 
 
-def test_probe_world_smoke_on_a_random_tiny_clip():
-    table = probe.probe_world(["random"], images=32, log=lambda *_: None)
+def test_probe_world_smoke_on_a_random_tiny_clip(tmp_path, capsys):
+    """probe_world through its command: the JSON it writes is probe_world's table."""
+    import json
+
+    from fedvlm.cli import main
+
+    report, raw = tmp_path / "docs" / "WORLD.md", tmp_path / "world.json"
+    assert main(["probe-world", "--pretrained", "random", "--images", "32", "--out", str(report),
+                 "--json", str(raw)]) == 0
+    table = json.loads(raw.read_text())
     assert table["backbones"] == ["random"]
     figures = table["figures"]["random"]
     assert list(figures) == list(probe.FIGURES)
@@ -127,8 +135,9 @@ def test_probe_world_smoke_on_a_random_tiny_clip():
     assert rows[1]["passed"] is None  # no synthetic-v1 to compare the spread with
     assert all(isinstance(row["passed"], bool) for row in rows if row is not rows[1])
     assert table["settings"]["sizes"]["scene split images"] == 32
-    text = probe.world_markdown(table, "fedvlm probe-world --pretrained random --images 32")
+    text = report.read_text()
     assert "| scene_zero_shot_pooled |" in text and "fedvlm probe-world --pretrained random" in text
+    assert text in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(capsys):
