@@ -37,6 +37,12 @@ bench: install
 pretrain-tiny: install
 	$(PY) -m fedvlm pretrain-tiny $(ARGS)
 
+# What the tiny CLIPs' features know about the synthetic world, v1 next to v2 (and random weights, the floor) -> docs/WORLD.md
+# (fedvlm probe-world; ARGS="--images 800" for a larger sample, ARGS="--json world.json" for the raw table)
+.PHONY: world-report
+world-report: install
+	$(PY) -m fedvlm probe-world --pretrained synthetic-v1 synthetic random --out docs/WORLD.md $(ARGS)
+
 clean:
 	rm -rf $(VENV) results .cache
 

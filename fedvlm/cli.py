@@ -63,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
                                               "fedvlm patch CONFIG.yaml [key=value ...] (docs/PATCHING.md)")
     patch.add_argument("config", help="patching YAML, e.g. experiments/patching/synthetic_patching.yaml")
     patch.add_argument("overrides", nargs="*", help="dotted overrides such as alphas=[0,0.5,1] patch.federation.rounds=2")
+
+    probe = commands.add_parser("probe-world", help="what backbones' features know about the synthetic world: "
+                                                    "zero-shot, linear probe, patch-level, multi-label, retrieval "
+                                                    "(docs/WORLD.md)")
+    probe.add_argument("--pretrained", nargs="+", default=["synthetic-v1", "synthetic"], metavar="WEIGHTS",
+                       help="weights to probe, one column each: open_clip or fedvlm tags (synthetic, synthetic-v1), "
+                            "checkpoint paths, or random (default: synthetic-v1 synthetic)")
+    probe.add_argument("--model", default="fedvlm-tiny", help="open_clip model name (default: fedvlm-tiny)")
+    probe.add_argument("--images", type=int, default=None,
+                       help="scene-split images; the VOC/COCO/RSICD layouts get 5x (default: 400)")
+    probe.add_argument("--seed", type=int, default=None, help="downstream seed below 1,000,000 (default: 12)")
+    probe.add_argument("--out", help="write the markdown report here, e.g. docs/WORLD.md")
+    probe.add_argument("--json", help="write the table as JSON here")
     return parser
 
 
@@ -89,8 +102,29 @@ def _guarded(command) -> int:
 
 def _dispatch(args) -> int:
     commands = {"run": _run, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
-                "sync": _sync, "patch": _patch}
+                "sync": _sync, "patch": _patch, "probe-world": _probe_world}
     return commands[args.command](args)
+
+
+def _probe_world(args) -> int:
+    from pathlib import Path
+
+    from fedvlm.probe import PROBE_IMAGES, PROBE_SEED, probe_world, world_markdown
+
+    images = PROBE_IMAGES if args.images is None else args.images
+    seed = PROBE_SEED if args.seed is None else args.seed
+    table = probe_world(args.pretrained, model=args.model, images=images, seed=seed,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = (f"fedvlm probe-world --pretrained {' '.join(args.pretrained)} --model {args.model} "
+               f"--images {images} --seed {seed}" + (f" --out {args.out}" if args.out else ""))
+    text = world_markdown(table, command)
+    print(text)
+    for path, content in ((args.out, text), (args.json, json.dumps(table, indent=2) + "\n")):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content)
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _patch(args) -> int:
