@@ -110,7 +110,9 @@ def test_activation_decision_follows_the_tag_config_and_files_follow_the_model_c
     assert uses_quick_gelu("ViT-B-16", "dfn2b")  # not only OpenAI's: any tag whose config declares it
     assert not uses_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")
     assert not uses_quick_gelu("ViT-B-16", None)
-    assert not uses_quick_gelu("ViT-B-16", str(tmp_path / "openai.safetensors"))  # a file: ViT-B-16-quickgelu
+    assert not uses_quick_gelu("ViT-B-16", str(tmp_path / "openai.safetensors"))  # a file says nothing...
+    from_file = FrozenCLIP.load("ViT-B-16-quickgelu", str(tmp_path / "openai.safetensors"), load_weights=False)
+    assert from_file.activation == "quick_gelu"  # ...so OpenAI weights from a file take the -quickgelu name
 
 
 def test_the_same_weights_under_the_other_activation_are_another_identity(tiny_backbone):
