@@ -8,7 +8,11 @@ ARGS   ?=
 
 .PHONY: install demo test exp describe bench report notebooks sync pretrain-tiny clean
 
+# The hook line runs on every install (it is idempotent and quiet when present), so a venv made
+# before the hook existed gets it too: torchvision importable beside the CPU torch in every
+# process, also those that never import fedvlm (fedvlm/_torchvision_compat.py).
 install: $(STAMP)
+	@$(PY) -m fedvlm.install_hook
 
 # torch goes in first, alone, from the pinned release (a local CPU wheel here); the rest is
 # resolved under constraints.txt so nothing can swap torch for a multi-GB CUDA build.

@@ -15,7 +15,8 @@ registrations succeed. Transforms, ImageFolder and open_clip preprocessing then 
 The hook is a ``sys.meta_path`` finder, so it costs nothing until torchvision is imported. It is
 installed by ``import fedvlm`` and, for processes that never import fedvlm first (notebook
 kernels, DDP children, plain ``import lightning``), by the ``fedvlm_torchvision_compat.pth``
-file that ``make install`` writes into the virtual environment.
+file that ``make install`` writes into the virtual environment (``python -m fedvlm.install_hook``
+after a plain ``pip install``; see :func:`pth_line`).
 """
 
 from __future__ import annotations
@@ -83,22 +84,59 @@ def install() -> None:
 
 PTH_NAME = "fedvlm_torchvision_compat.pth"
 
+# Run by site.py at every interpreter start of the environment. It loads this file by itself,
+# under its own module name, without running fedvlm/__init__.py: the hook must not bring the
+# package's process-wide settings (MKL_CBWR) into every Python of the environment. Registered in
+# sys.modules, the module stays alive (it holds the schemas) and a later ``import fedvlm`` reuses
+# it instead of installing a second finder. Any failure (fedvlm uninstalled, moved) is swallowed:
+# a .pth line that raises would break every interpreter start of the environment.
+_PTH_CODE = """\
+import importlib.util, os, sys
+try:
+    package = importlib.util.find_spec("fedvlm")
+    if package is not None and package.submodule_search_locations and "fedvlm._torchvision_compat" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "fedvlm._torchvision_compat",
+            os.path.join(list(package.submodule_search_locations)[0], "_torchvision_compat.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+            module.install()
+        except BaseException:
+            del sys.modules[spec.name]
+            raise
+except Exception:
+    pass
+"""
 
-def write_pth_file() -> Path:
-    """Write the ``.pth`` line that installs the hook at every interpreter start of this env.
 
-    The line swallows errors so an uninstalled fedvlm never breaks the interpreter.
-    """
+def pth_line() -> str:
+    """The one line of the ``.pth`` file (site.py executes lines that start with ``import``)."""
+    return f"import sys; exec({_PTH_CODE!r})\n"
+
+
+def pth_path(site_dir: str | Path | None = None) -> Path:
+    """Where the hook goes: ``site_dir``, else the running environment's site-packages."""
     import sysconfig
 
-    line = (
-        'import sys; exec("try:\\n    import fedvlm._torchvision_compat as _m; _m.install()\\n'
-        'except Exception:\\n    pass")\n'
-    )
-    path = Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
-    path.write_text(line)
-    return path
+    return Path(site_dir or sysconfig.get_paths()["purelib"]) / PTH_NAME
 
 
-if __name__ == "__main__":
-    print(f"wrote {write_pth_file()}")
+def write_pth_file(site_dir: str | Path | None = None) -> bool:
+    """Write the hook into ``site_dir`` (default: this environment). Idempotent: returns False
+    and leaves the file alone when it already holds this line."""
+    path = pth_path(site_dir)
+    if path.is_file() and path.read_text() == pth_line():
+        return False
+    path.write_text(pth_line())
+    return True
+
+
+def remove_pth_file(site_dir: str | Path | None = None) -> bool:
+    """Remove the hook (``pip uninstall`` does not: pip never recorded the file). True if removed."""
+    path = pth_path(site_dir)
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True

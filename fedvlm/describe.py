@@ -1,8 +1,10 @@
 """``fedvlm describe``: what a method costs, counted on the real architecture without training.
 
-The backbone is built with random weights (no download: the counts do not depend on them), the
-head is built as in a run, and the parameters are counted: total, frozen (backbone), trainable
-per client, shared (transmitted each way per participating client per round) and private.
+The backbone is the run's architecture (its activation follows ``model.pretrained``, see
+``fedvlm.backbone.clip.uses_quick_gelu``) with random weights (no download: the counts do not
+depend on them), the head is built as in a run, and the parameters are counted: total, frozen
+(backbone), trainable per client, shared (transmitted each way per participating client per
+round) and private.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _classnames(config: ExperimentConfig) -> tuple[list[str], str]:
 
 
 def describe(config: ExperimentConfig) -> dict:
-    backbone = FrozenCLIP.load(config.model.name, None, config.model.precision)
+    backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision, load_weights=False)
     classnames, classes_from = _classnames(config)
     spec = DATASETS.get(config.data.dataset)
     head = HEADS.get(config.head.name)(config.head, backbone, classnames, config.data.template or spec.template,
@@ -39,6 +41,7 @@ def describe(config: ExperimentConfig) -> dict:
     transmitted = shared if aggregates else 0
     return {
         "experiment": config.name, "model": config.model.name, "pretrained": config.model.pretrained,
+        "activation": backbone.activation,
         "head": config.head.name, "algorithm": config.algorithm.name, "classes": len(classnames),
         "classes_from": classes_from,
         "total_parameters": frozen + shared + private, "frozen_parameters": frozen,
@@ -61,7 +64,7 @@ def _bytes(count: int) -> str:
 def format_description(c: dict) -> str:
     rows = [
         ("experiment", c["experiment"]),
-        ("model", f"{c['model']} (counted with random weights; pretrained: {c['pretrained']})"),
+        ("model", f"{c['model']} ({c['activation']}; counted with random weights; pretrained: {c['pretrained']})"),
         ("head / algorithm", f"{c['head']} / {c['algorithm']} ({c['classes']} classes; {c['classes_from']})"),
         ("total parameters", f"{c['total_parameters']:,}"),
         ("frozen (backbone)", f"{c['frozen_parameters']:,}"),

@@ -18,10 +18,10 @@ def one_vit_b16():
 
     class OnceCLIP(FrozenCLIP):
         @classmethod
-        def load(cls, name, pretrained, precision="fp32", device="cpu"):
-            if name not in built:
-                built[name] = FrozenCLIP.load(name, pretrained, precision, device)
-            return built[name]
+        def load(cls, name, pretrained, precision="fp32", device="cpu", load_weights=True):
+            if (name, pretrained) not in built:
+                built[name, pretrained] = FrozenCLIP.load(name, pretrained, precision, device, load_weights)
+            return built[name, pretrained]
 
     patch = pytest.MonkeyPatch()
     patch.setattr(fedvlm.describe, "FrozenCLIP", OnceCLIP)

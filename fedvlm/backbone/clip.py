@@ -103,9 +103,41 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     return str(tiny_checkpoint_path(recipe=recipe))
 
 
-def create_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu"):
+def uses_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether the weights ``pretrained`` names were trained with QuickGELU (``x * sigmoid(1.702 x)``).
+
+    OpenAI trained CLIP with QuickGELU; open_clip's configs of the same architectures (``ViT-B-16``)
+    build exact GELU, and say which of their tags need QuickGELU in the tag's pretrained config
+    (``quick_gelu``; every ``openai`` tag, and e.g. ``dfn2b`` and ``metaclip_*``). Running such
+    weights with exact GELU moves the features (0.7 % image, 1.8 % text with identical random
+    weights; more on the real ones). A checkpoint file carries no such record: its activation is
+    the model config's, so OpenAI weights from a file need ``ViT-B-16-quickgelu`` (README, "Model
+    weights").
+    """
+    if pretrained is None or pretrained in FEDVLM_TAGS or _is_checkpoint_path(pretrained):
+        return False
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+
+def activation_of(model: nn.Module) -> str:
+    """``quick_gelu`` or ``gelu``: the transformer activation a built open_clip model uses."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(module, QuickGELU) for module in model.modules()) else "gelu"
+
+
+def _is_checkpoint_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def create_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu", load_weights: bool = True):
     """``(model, preprocess)`` for an open_clip model name and a tag, checkpoint path or None.
 
+    The architecture follows the weights (:func:`uses_quick_gelu`). ``load_weights=False`` builds
+    that same architecture with random weights and reads nothing from disk or the hub
+    (``fedvlm describe``; tests of the openai architecture without its download).
     Errors a user can fix (unknown model, missing file, tag unavailable offline) are one line.
     """
     import open_clip
@@ -115,8 +147,8 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
     if name not in known and not name.startswith(("hf-hub:", "local-dir:")):
         raise ConfigError(f"model.name: unknown open_clip model {name!r}; expected e.g. ViT-B-16, ViT-B-32, "
                           f"ViT-L-14 or a fedvlm tiny config ({', '.join(sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json')))})")
-    is_path = pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
-    if is_path and not Path(pretrained).is_file():
+    is_path = pretrained is not None and _is_checkpoint_path(pretrained)
+    if is_path and load_weights and not Path(pretrained).is_file():
         raise ConfigError(f"model.pretrained: checkpoint file {pretrained} does not exist; expected a local open_clip "
                           "checkpoint (.pt, .bin or .safetensors) or an open_clip tag such as 'openai'")
     if pretrained is not None and not is_path:
@@ -124,16 +156,22 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
         if pretrained not in tags:
             raise ConfigError(f"model.pretrained: {pretrained!r} is not an open_clip tag of {name}; expected one of "
                               f"{', '.join(tags) or '(none: give a checkpoint path)'}, a checkpoint path, or null")
-        _use_offline_hub_if_unreachable()
+        if load_weights:
+            _use_offline_hub_if_unreachable()
+    quick_gelu = uses_quick_gelu(name, pretrained)
     try:
         with _quiet_root_logger():  # open_clip logs on the root logger; our errors say it in one line
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained if load_weights else None, force_quick_gelu=quick_gelu, device=device)
     except RuntimeError as error:
         if pretrained is not None and not is_path and "download" in str(error).lower():
+            # A file holds no activation: name the -quickgelu config when the tag's weights need it.
+            file_model = f"{name}-quickgelu" if quick_gelu and f"{name}-quickgelu" in known else name
             raise ConfigError(
                 f"model.pretrained: the {pretrained!r} weights of {name} are not in the local cache and the hub "
                 f"cannot be reached; download them on a connected machine (open_clip.create_model('{name}', "
-                f"pretrained='{pretrained}')) and set model.pretrained=/path/to/open_clip_model.safetensors"
+                f"pretrained='{pretrained}')) and set model.name={file_model} "
+                f"model.pretrained=/path/to/open_clip_model.safetensors"
             ) from None
         raise
     except (OSError, ValueError, KeyError) as error:
@@ -178,6 +216,7 @@ class FrozenCLIP(nn.Module):
         self.name = name
         self.pretrained = pretrained
         self.precision = precision
+        self.activation = activation_of(model)
         self.text_tower = _text_tower(model)
         visual = model.visual
         self.has_patch_tokens = hasattr(visual, "output_tokens") and getattr(visual, "proj", None) is not None
@@ -200,10 +239,13 @@ class FrozenCLIP(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(name) if name in open_clip.list_models() else open_clip.tokenize
 
     @classmethod
-    def load(cls, name: str, pretrained: str | None, precision: str = "fp32", device="cpu") -> "FrozenCLIP":
+    def load(cls, name: str, pretrained: str | None, precision: str = "fp32", device="cpu",
+             load_weights: bool = True) -> "FrozenCLIP":
+        """The backbone of ``model.name`` and ``model.pretrained``; ``load_weights=False``: the same
+        architecture (activation included) with random weights, whose identity says so."""
         pretrained = resolve_pretrained(name, pretrained)
-        model, preprocess = create_clip(name, pretrained, device=device)
-        return cls(model, preprocess, name, pretrained, precision)
+        model, preprocess = create_clip(name, pretrained, device=device, load_weights=load_weights)
+        return cls(model, preprocess, name, pretrained if load_weights else None, precision)
 
     def train(self, mode: bool = True):  # the backbone never leaves eval mode
         super().train(False)
@@ -212,8 +254,11 @@ class FrozenCLIP(nn.Module):
     # ---------------------------------------------------------------- identity (cache keys)
 
     def identity(self) -> str:
-        """Model, weights and preprocessing: everything image features depend on."""
-        text = f"{self.name}|{weights_identity(self.pretrained)}|{self.precision}|{self.preprocess}"
+        """Model, activation, weights and preprocessing: everything image features depend on. The
+        activation is read from the built modules, so a cache made with GELU is never served to
+        the QuickGELU build of the same name and tag (or back)."""
+        text = (f"{self.name}|{self.activation}|{weights_identity(self.pretrained)}|{self.precision}|"
+                f"{self.preprocess}")
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property

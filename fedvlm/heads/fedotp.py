@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field, model_validator
 
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
@@ -101,10 +102,10 @@ class FedOTPHead(Head):
 
     def text_features(self, slots: torch.Tensor) -> torch.Tensor:
         """Normalised text features ``[U, C, N, D]`` of every prompt of the given slots."""
-        contexts = self.prompt_contexts(slots)
-        units, prompts = contexts.shape[:2]
-        features = self.layout.encode(self.backbone, contexts.flatten(0, 1))  # [U*N, C, D]
-        return normalize(features.view(units, prompts, *features.shape[1:]).transpose(1, 2))
+        contexts = self.prompt_contexts(slots)  # [U, N, n_ctx, d_t]
+        # Every (slot, prompt) pair is one context for the text encoder.
+        features = self.layout.encode(self.backbone, rearrange(contexts, "u n l d -> (u n) l d"))
+        return normalize(rearrange(features, "(u n) c d -> u c n d", u=contexts.shape[0]))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         slots, position = torch.unique(batch.slot, return_inverse=True)

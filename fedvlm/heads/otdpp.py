@@ -46,6 +46,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field, model_validator
 
 from fedvlm.errors import ConfigError
@@ -136,10 +137,10 @@ class OTDPPHead(Head):
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised prompt features ``[U, C, N, D]``."""
-        units, _, count = tokens.shape[:3]
-        per_prompt = tokens.transpose(1, 2).flatten(0, 1)  # [U*N, J, n_ctx, d_t]
+        # tokens [U, J, N, n_ctx, d_t]: each (slot, prompt) pair is one deep prompt of J layers.
+        per_prompt = rearrange(tokens, "u j n l d -> (u n) j l d")
         features = self.layout.encode_deep(self.backbone, per_prompt[:, 0], per_prompt[:, 1:])  # [U*N, C, D]
-        return normalize(features.view(units, count, *features.shape[1:]).transpose(1, 2))
+        return normalize(rearrange(features, "(u n) c d -> u c n d", u=tokens.shape[0]))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         slots, position = torch.unique(batch.slot, return_inverse=True)

@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 
 from fedvlm.errors import ConfigError
@@ -141,16 +142,17 @@ class RDBHead(RetrievalHead):
 
     def _differential_attention(self, x: torch.Tensor, slot: torch.Tensor, weights) -> torch.Tensor:
         """Eq. 2-3 over ``x [B, N, r]`` -> ``[B, N, r]``."""
-        batch, tokens, _ = x.shape
         heads = self.options.attention_heads
-        split = lambda t: t.view(batch, tokens, 2, heads, -1).permute(2, 0, 3, 1, 4)  # noqa: E731  [2, B, H, N, d]
-        q1, q2 = split(slot_linear(x, weights["diff_query_weight"], None, slot))
-        k1, k2 = split(slot_linear(x, weights["diff_key_weight"], None, slot))
-        v = slot_linear(x, weights["diff_value_weight"], None, slot).view(batch, tokens, heads, -1).transpose(1, 2)
+        # Each projection holds both maps of the pair (q1|q2, k1|k2), each split into heads.
+        q1, q2 = rearrange(slot_linear(x, weights["diff_query_weight"], None, slot),
+                           "b n (pair h d) -> pair b h n d", pair=2, h=heads)
+        k1, k2 = rearrange(slot_linear(x, weights["diff_key_weight"], None, slot),
+                           "b n (pair h d) -> pair b h n d", pair=2, h=heads)
+        v = rearrange(slot_linear(x, weights["diff_value_weight"], None, slot), "b n (h d) -> b h n d", h=heads)
         lam = reparameterized_lambda(weights["lambda_q1"][slot], weights["lambda_k1"][slot],
                                      weights["lambda_q2"][slot], weights["lambda_k2"][slot], self.options.lambda_init)
         out = differential_attention(q1, k1, q2, k2, v, lam)  # [B, H, N, r / H]
-        return out.transpose(1, 2).reshape(batch, tokens, -1)
+        return rearrange(out, "b h n d -> b n (h d)")
 
     def embed_captions(self, captions, slot, weights, train: bool) -> torch.Tensor:
         pooled = captions["caption_pooled"]

@@ -83,3 +83,45 @@ def test_missing_tag_offline_fails_at_once_with_a_local_checkpoint_hint(tmp_path
     assert lines, out.stdout + out.stderr
     assert "model.pretrained=/path/to/" in lines[0]
     assert "OFFLINE 1" in out.stdout  # the hub client was switched off instead of retrying
+
+
+def test_openai_tags_build_quick_gelu_and_key_the_cache_apart():
+    # The path an `openai` run takes, with random weights in place of the download: the tag's
+    # pretrained config decides the activation, and the identity (the feature-cache key) says it.
+    from open_clip.transformer import QuickGELU
+
+    openai = FrozenCLIP.load("ViT-B-16", "openai", load_weights=False)
+    laion = FrozenCLIP.load("ViT-B-16", "laion2b_s34b_b88k", load_weights=False)
+    openai_mlps = [block.mlp.gelu for block in [*openai.model.visual.transformer.resblocks,
+                                                 *openai.model.transformer.resblocks]]
+    laion_mlps = [block.mlp.gelu for block in [*laion.model.visual.transformer.resblocks,
+                                                *laion.model.transformer.resblocks]]
+    assert len(openai_mlps) == 24 and all(isinstance(m, QuickGELU) for m in openai_mlps)  # both towers
+    assert all(type(m) is torch.nn.GELU for m in laion_mlps)
+    assert (openai.activation, laion.activation) == ("quick_gelu", "gelu")
+    assert openai.pretrained is None and laion.pretrained is None  # random weights: never keyed as the tag's
+    assert openai.identity() != laion.identity()
+
+
+def test_activation_decision_follows_the_tag_config_and_files_follow_the_model_config(tmp_path):
+    from fedvlm.backbone.clip import uses_quick_gelu
+
+    assert uses_quick_gelu("ViT-B-16", "openai") and uses_quick_gelu("ViT-B-32", "openai")
+    assert uses_quick_gelu("ViT-B-16", "dfn2b")  # not only OpenAI's: any tag whose config declares it
+    assert not uses_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")
+    assert not uses_quick_gelu("ViT-B-16", None)
+    assert not uses_quick_gelu("ViT-B-16", str(tmp_path / "openai.safetensors"))  # a file says nothing...
+    from_file = FrozenCLIP.load("ViT-B-16-quickgelu", str(tmp_path / "openai.safetensors"), load_weights=False)
+    assert from_file.activation == "quick_gelu"  # ...so OpenAI weights from a file take the -quickgelu name
+
+
+def test_the_same_weights_under_the_other_activation_are_another_identity(tiny_backbone):
+    import open_clip
+
+    quick = open_clip.create_model("fedvlm-tiny", force_quick_gelu=True)
+    quick.load_state_dict(tiny_backbone.model.state_dict())  # QuickGELU has no parameters: same weights
+    quick_backbone = FrozenCLIP(quick, tiny_backbone.preprocess, "fedvlm-tiny", None)
+    assert (tiny_backbone.activation, quick_backbone.activation) == ("gelu", "quick_gelu")
+    assert quick_backbone.identity() != tiny_backbone.identity()
+    again = FrozenCLIP(tiny_backbone.model, tiny_backbone.preprocess, "fedvlm-tiny", None)
+    assert again.identity() == tiny_backbone.identity()  # the key is stable for the same build
