@@ -104,7 +104,7 @@ def test_private_parameters_never_reach_the_server(colour_data_root, tmp_path, t
     summary = run(load_config(overrides=_config(colour_data_root, tmp_path, head={"name": "test_shared_private"},
                                                 algorithm={"name": "test_recording_fedavg"})))
     assert SERVER_INPUTS and all(keys == ["context"] for round_ in SERVER_INPUTS for keys in round_)
-    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoints/last.pt", weights_only=False)
+    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoints/last.pt", weights_only=True)
     assert list(checkpoint["global_shared"]) == ["context"]
     private = [checkpoint["personal"][k]["local_context"] for k in range(3)]
     assert all(p.abs().sum() > 0 for p in private)  # each client trained and kept its own
