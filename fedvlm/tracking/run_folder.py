@@ -138,8 +138,8 @@ class RunFolder:
                       key=lambda p: p.stat().st_mtime)
         unfinished = [p for p in runs if not (p / "summary.json").exists()]
         if not runs:
-            raise ConfigError(f"resume: no run of {experiment} with a checkpoint under "
-                              f"{Path(results_dir) / experiment}; expected a run started by fedvlm run")
+            raise ConfigError(f"resume: no unfinished run of {experiment} with a checkpoint under "
+                              f"{Path(results_dir) / experiment}; expected a run killed before its last round")
         return cls((unfinished or runs)[-1])
 
     # ---------------------------------------------------------------------------- the lock
