@@ -190,7 +190,8 @@ def _check_identity(expected: dict[str, str] | None, current: dict[str, str], ke
     """Resume refuses inputs other than the checkpoint's, before it spends time on them."""
     if expected is None or expected.get(key) == current[key]:
         return
-    detail = f" ({expected[f'{key}_size']} then, {current[f'{key}_size']} now)" if f"{key}_size" in current else ""
+    size = f"{key}_size"
+    detail = f" ({expected.get(size, 'not recorded')} then, {current[size]} now)" if size in current else ""
     raise ConfigError(f"resume: {what} changed since the checkpoint{detail}; resume with the inputs the run "
                       "started with, or start a new run")
 
@@ -523,7 +524,8 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         state.history.append(json_safe(metrics))
         if is_main:
             every = config.logging.checkpoint_every
-            if _commit(config, federation, folder, state, logger, save=last or bool(every and state.next_round % every == 0)):
+            save = last or bool(every and state.next_round % every == 0)
+            if _commit(config, federation, folder, state, logger, save):
                 checkpointed = state.next_round
             primary = federation.task.primary
             round_bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
@@ -547,8 +549,8 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         primary = f"clients/{federation.task.primary}"
         if primary in final:
             logger.log_table("personalized/clients", ["client", "train_images", "test_images", federation.task.primary],
-                             [[k, len(federation.train[k]), len(federation.test[k]), math.nan if a is None else float(a)]
-                              for k, a in enumerate(final[primary])])
+                             [[k, len(federation.train[k]), len(federation.test[k]),
+                               math.nan if a is None else float(a)] for k, a in enumerate(final[primary])])
         logger.finish(summary)
         summary["wandb_dir"] = logger.directory
         return summary

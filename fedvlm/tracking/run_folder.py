@@ -134,8 +134,8 @@ class RunFolder:
                 raise ConfigError(f"resume: {folder.path} has no checkpoint ({folder.checkpoint_path}); expected a "
                                   "run folder written by fedvlm run")
             return folder
-        runs = sorted((p for p in (Path(results_dir) / experiment).glob("*") if (p / "checkpoints" / "last.pt").is_file()),
-                      key=lambda p: p.stat().st_mtime)
+        runs = sorted((p for p in (Path(results_dir) / experiment).glob("*")
+                       if (p / "checkpoints" / "last.pt").is_file()), key=lambda p: p.stat().st_mtime)
         unfinished = [p for p in runs if not (p / "summary.json").exists()]
         if not runs:
             raise ConfigError(f"resume: no unfinished run of {experiment} with a checkpoint under "
