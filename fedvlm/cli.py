@@ -164,7 +164,7 @@ def _run(args) -> int:
             swept = " ".join(f"{k}={v}" for k, v in {**config.sweep_values, "seed": config.seed}.items())
             print(f"[{number}/{len(configs)}] {config.name} {swept}", flush=True)
         summary = run(config)
-        if summary.get("run_dir"):
+        if summary.get("run_dir") and not summary.get("already_finished"):  # else run() said so in one line
             print(_result_lines(summary), flush=True)
     return 0
 

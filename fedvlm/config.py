@@ -24,13 +24,28 @@ and the command line overrides any key with ``dotted.key=value`` (value parsed a
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from fedvlm.errors import ConfigError
+
+
+def _check_run_name(value: str) -> str:
+    """A run's name is the folder ``<logging.results_dir>/<name>/`` its runs go in, so it must be one
+    safe path component: no separator, no ``..``, not absolute, nothing a shell or W&B mangles.
+    Checked here, once, for every command that makes run folders (run, patch)."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
+        raise ValueError("expected a folder name of letters, digits, '_', '.' and '-' (not starting with '.' or "
+                         "'-', at most 128 characters), e.g. fedavg_pl_ucm")
+    return value
+
+
+RunName = Annotated[str, AfterValidator(_check_run_name)]
 
 
 class Section(BaseModel):
@@ -160,6 +175,10 @@ class RuntimeConfig(Section):
     # Optimal transport heads: warn (once per run) when a round's plans violate their marginals by
     # more than this relative error (logged every round as train/ot_marginal_error; fedvlm.ot).
     ot_marginal_tolerance: float = Field(0.05, gt=0)
+    # A client whose loss or parameters are not finite after a round: 'stop' the run (one line naming
+    # the round and the clients; the last finite checkpoint is kept), or 'skip_client': leave its
+    # update out of the aggregate and log it (metrics line key 'nonfinite_clients').
+    on_nonfinite: Literal["stop", "skip_client"] = "stop"
 
 
 class LoggingConfig(Section):
@@ -173,7 +192,7 @@ class LoggingConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str
+    name: RunName
     seed: int = 1
     model: ModelConfig = ModelConfig()
     data: DataConfig

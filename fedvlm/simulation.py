@@ -9,19 +9,24 @@ whole run. Each round::
     results   = all ranks' results, in client order                 (one all-gather)
     server    : shared parameters aggregated, private state kept    (fedvlm.server)
     evaluate  : server model on the test split, each client on its own split
-    log, checkpoint
+    check     : every client's loss and parameters finite         (runtime.on_nonfinite)
+    checkpoint, log                                                 (one transaction, tracking/run_folder.py)
 
 Fabric appears only at launch, collectives and device placement: ranks train *different*
 clients, so nothing is wrapped in DDP and no gradient is averaged across ranks. Everything random
 is derived from (seed, round, client), and every sum runs in client order, so a run gives the
-same numbers on any number of processes and a resumed run ends where an uninterrupted one does.
+same numbers on any number of processes and a resumed run ends where an uninterrupted one does:
+the checkpoint records the metrics lines it covers and the identity of the data and backbone it
+was trained on, and resume refuses other inputs (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +45,7 @@ from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
 from fedvlm.config import ExperimentConfig
-from fedvlm.data.datasets import DATASETS, load_dataset
+from fedvlm.data.datasets import DATASETS, data_root, load_dataset
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
@@ -50,7 +55,7 @@ from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.server import ClientUpdate
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
-from fedvlm.tracking.run_folder import RunFolder, new_run_id
+from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
 from fedvlm.tracking.wandb_logger import WandbLogger
 
 BYTES_PER_PARAMETER = 4  # prompts and adapters travel as fp32
@@ -74,6 +79,7 @@ class Federation:
     backbone: FrozenCLIP
     head: Head
     initial: dict[str, torch.Tensor]  # every trainable parameter at initialisation
+    identity: dict[str, str] = field(default_factory=dict)  # what the run trains on (checkpoints, resume)
 
     @property
     def num_clients(self) -> int:
@@ -100,6 +106,9 @@ class ServerState:
     # the shared parameters each client uploaded in the last round it took part in
     uploads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     communication: dict[str, int] = field(default_factory=lambda: {"uploaded_bytes": 0, "downloaded_bytes": 0})
+    # every round's metrics line, as metrics.jsonl holds it (JSON types): the checkpoint carries
+    # it, so the metrics file and the summary are rebuilt from the state they belong to
+    history: list[dict] = field(default_factory=list)
 
     def client_start(self, federation: Federation, client: int) -> dict[str, torch.Tensor]:
         params = dict(federation.initial)
@@ -155,12 +164,55 @@ def num_slots(config: ExperimentConfig, num_clients: int, world_size: int) -> in
     return max(1, min(config.runtime.clients_per_pass, math.ceil(sampled / world_size), num_clients))
 
 
-def build_federation(config: ExperimentConfig, fabric) -> Federation:
-    """Data, splits, backbone, cached features, partition and head for ``config``."""
+def _digest(*parts) -> str:
+    """sha256 of strings and arrays (dtype and shape included), 16 hex digits."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part)
+            digest.update(f"{part.dtype}{part.shape}".encode())
+            digest.update(part.tobytes())
+        else:
+            digest.update(str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _dataset_identity(config: ExperimentConfig, dataset, train: np.ndarray, test: np.ndarray) -> dict[str, str]:
+    """The data a run trains on: file list (relative to the data root) and labels, class names,
+    and the train/test rows the split and few-shot sampling cut from them."""
+    root = data_root(config.data.root)
+    files = "\n".join(os.path.relpath(path, root) for path in dataset.paths)
+    official = sorted((dataset.official_splits or {}).items())
+    return {"dataset": _digest(files, dataset.labels, "\n".join(dataset.classnames), train, test,
+                               *[part for name, rows in official for part in (name, np.asarray(rows))]),
+            "dataset_size": f"{len(dataset)} images, {len(dataset.classnames)} classes, "
+                            f"{len(train)} train / {len(test)} test"}
+
+
+def _check_identity(expected: dict[str, str] | None, current: dict[str, str], key: str, what: str) -> None:
+    """Resume refuses inputs other than the checkpoint's, before it spends time on them."""
+    if expected is None or expected.get(key) == current[key]:
+        return
+    size = f"{key}_size"
+    detail = f" ({expected.get(size, 'not recorded')} then, {current[size]} now)" if size in current else ""
+    raise ConfigError(f"resume: {what} changed since the checkpoint{detail}; resume with the inputs the run "
+                      "started with, or start a new run")
+
+
+def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[str, str] | None = None) -> Federation:
+    """Data, splits, backbone, cached features, partition and head for ``config``.
+
+    ``expected_identity`` (a resumed checkpoint's): the data, backbone and client shares must be
+    the ones it was trained on; each is checked as soon as it is known.
+    """
     dataset = load_dataset(config.data.dataset, config.data.root)
     spec = DATASETS.get(config.data.dataset)
     task = TASKS.get(spec.task)(config.eval.threshold, config.eval.top_k)
     train, test = _splits(config, dataset.labels, dataset.official_splits)
+    identity = _dataset_identity(config, dataset, train, test)
+    _check_identity(expected_identity, identity, "dataset",
+                    f"the dataset {config.data.dataset} (its file list, labels or split)")
     if not config.algorithm.single_client:
         config.partition.check(len(train))
 
@@ -174,6 +226,9 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
                           f"is a {spec.task} dataset that scores {task.expects}; choose a {spec.task} head")
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision,
                                device=fabric.device)
+    identity["backbone"] = backbone.identity()
+    _check_identity(expected_identity, identity, "backbone",
+                    f"the backbone {config.model.name} ({config.model.pretrained}: weights or preprocessing)")
     if config.runtime.compile and fabric.device.type == "cuda":
         backbone.text_tower.transformer = torch.compile(backbone.text_tower.transformer, dynamic=True)
     features = image_features(
@@ -188,6 +243,8 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
     train_shares = _partition(config, dataset.labels, train, train_features)
     test_shares = _partition(config, dataset.labels, test, features.pooled[torch.from_numpy(row_of[test])],
                              train_features)
+    identity["clients"] = _digest(*train_shares, "test", *test_shares)
+    _check_identity(expected_identity, identity, "clients", "the partition of the data into clients")
 
     labels = dataset.labels[used]
     train_labels = hide_labels(labels, row_of[train], config.data.hidden_labels, config.seed)
@@ -206,7 +263,7 @@ def build_federation(config: ExperimentConfig, fabric) -> Federation:
     return Federation(
         config=config, task=task, classnames=dataset.classnames, data=data, labels=labels,
         train=[row_of[s] for s in train_shares], test=[row_of[s] for s in test_shares], test_rows=row_of[test],
-        backbone=backbone, head=head, initial=head.read_slot(0))
+        backbone=backbone, head=head, initial=head.read_slot(0), identity=identity)
 
 
 # ------------------------------------------------------------------------------- one round
@@ -300,7 +357,7 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
         state.personal[result.client] = {n: result.params[n] for n in personal}
         if federation.config.optim.keep_state and result.optimizer_state is not None:
             state.optimizer[result.client] = result.optimizer_state
-    if federation.algorithm.aggregates and shared:
+    if federation.algorithm.aggregates and shared and results:
         # Only shared tensors are put into the updates: the server never sees a private one.
         updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}) for r in results]
         if federation.head.needs_previous_uploads:
@@ -309,6 +366,36 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
         state.communication["uploaded_bytes"] += message * len(results)
         state.communication["downloaded_bytes"] += message * len(results)
+
+
+def nonfinite_clients(results: list[ClientResult]) -> list[int]:
+    """Clients whose round ended with a non-finite loss or parameter (training diverged). One
+    reduction, so one host sync, per client per round; nothing is checked per step. A client
+    that trained on nothing (loss nan, zero steps) has not diverged."""
+    diverged = []
+    for result in results:
+        params = list(result.params.values())
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        if not finite or (result.steps > 0 and not math.isfinite(result.loss)):
+            diverged.append(result.client)
+    return diverged
+
+
+def finite_results(config: ExperimentConfig, results: list[ClientResult], round_index: int,
+                   checkpoint: str) -> tuple[list[ClientResult], list[int]]:
+    """``runtime.on_nonfinite``: 'stop' raises one line naming the round and the clients (before
+    anything of the round is applied or saved: the last checkpoint stays the last finite one);
+    'skip_client' returns the other clients' results and the skipped ones."""
+    diverged = nonfinite_clients(results)
+    if diverged and config.runtime.on_nonfinite == "stop":
+        raise ConfigError(f"round {round_index + 1}: training diverged, {_clients(diverged)} ended it with a "
+                          f"non-finite loss or parameters; {checkpoint}; lower optim.lr or set "
+                          "runtime.on_nonfinite=skip_client to leave such clients out of the aggregate")
+    return [r for r in results if r.client not in diverged], diverged
+
+
+def _clients(clients: list[int]) -> str:
+    return f"client {clients[0]}" if len(clients) == 1 else f"clients {', '.join(map(str, clients))}"
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -371,24 +458,51 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
     started = time.time()
     torch.manual_seed(config.seed)
     is_main = fabric.global_rank == 0
-    folder, resumed = _open_run_folder(fabric, config)
-    federation = build_federation(config, fabric)
+    folder: RunFolder | None = None
+    checkpoint: dict | None = None
+    try:
+        if config.resume:
+            folder = RunFolder.for_resume(config.logging.results_dir, config.name, config.resume)
+            if is_main:
+                folder.lock()  # before reading: the folder cannot change under this process
+            checkpoint = _load_resumable(folder, config)
+            if checkpoint["next_round"] >= config.federation.rounds and folder.summary_path.is_file():
+                return _already_finished(folder, config, is_main)
+        federation = build_federation(config, fabric, checkpoint["identity"] if checkpoint else None)
+        check_warmup_ends(config.optim, config.federation.rounds, client_steps(federation))
+        if folder is None:  # a new run's folder is made once its inputs are loaded and valid
+            folder = _new_run_folder(fabric, config)
+        return _run_rounds(fabric, config, federation, folder, checkpoint, started)
+    except BaseException:
+        if is_main and folder is not None and checkpoint is None:
+            folder.discard_if_empty()  # failed before its first round: leave no half-made folder
+        raise
+    finally:
+        if folder is not None:
+            folder.unlock()
+
+
+def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder: RunFolder,
+                checkpoint: dict | None, started: float) -> dict:
+    is_main = fabric.global_rank == 0
     steps_per_round = client_steps(federation)
-    check_warmup_ends(config.optim, config.federation.rounds, steps_per_round)
     head = federation.head
     optimizer = SlotOptimizer(head.trainable(), config.optim) if head.trainable() else None
     state = ServerState(0, {n: federation.initial[n] for n in head.shared_names()})
-    if resumed is not None:
-        state = resumed
-        if is_main:
-            folder.keep_metrics_through(state.next_round)
-    logger = _start_logging(config, folder, federation, resumed_at=resumed.next_round if resumed else None) if is_main else None
+    checkpointed = None  # the round the folder's checkpoint ends with
+    if checkpoint is not None:
+        state = ServerState(checkpoint["next_round"], checkpoint["global_shared"], checkpoint["personal"],
+                            checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"],
+                            checkpoint["history"])
+        checkpointed = state.next_round
+        if is_main:  # the lines the checkpoint covers; rounds after it (and a torn line) are redone
+            folder.write_metrics(state.history)
+    logger = _start_logging(config, folder, federation, resumed_at=checkpointed) if is_main else None
 
     packed_optimizer = optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {}
 
     rounds = config.federation.rounds
     sizes = [len(rows) for rows in federation.train]
-    metrics: dict = {}
     show = config.logging.progress and is_main
     round_bar = tqdm(range(state.next_round, rounds), desc=config.name, unit="round", disable=not show,
                      initial=state.next_round, total=rounds)
@@ -405,6 +519,10 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar) if optimizer else []
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer) if optimizer else []
+        _crash_if_requested("mid_round", round_index + 1)
+        kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
+                if checkpointed is not None else "no round was checkpointed yet")
+        results, diverged = finite_results(config, results, round_index, kept)
         apply_round(federation, state, results)
         state.next_round = round_index + 1
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
@@ -414,43 +532,83 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
             metrics["train/ot_marginal_error"] = ot_marginal_error
+        if diverged:
+            metrics["nonfinite_clients"] = diverged
+            if is_main:
+                print(f"warning: round {round_index + 1}: {_clients(diverged)} ended it with a "
+                      "non-finite loss or parameters; their updates are left out (runtime.on_nonfinite=skip_client)",
+                      file=sys.stderr, flush=True)
         last = round_index == rounds - 1
         if (round_index + 1) % config.eval.every == 0 or last:
             metrics.update(evaluate(federation, state, fabric))
+        state.history.append(json_safe(metrics))
         if is_main:
-            _log_round(logger, folder, metrics)
+            every = config.logging.checkpoint_every
+            save = last or bool(every and state.next_round % every == 0)
+            if _commit(config, federation, folder, state, logger, save):
+                checkpointed = state.next_round
             primary = federation.task.primary
             round_bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
                                    (("global", f"global/{primary}"), ("personalized", f"personalized/mean_{primary}"))
                                    if key in metrics})
-        every = config.logging.checkpoint_every
-        if is_main and (last or (every and (round_index + 1) % every == 0)):
-            folder.save_checkpoint(_checkpoint(config, state))
         fabric.barrier()
-        _crash_if_requested(round_index + 1)
-    if rounds == 0 or not metrics:
+        _crash_if_requested("after_round", round_index + 1)
+    if not state.history:  # no round to run (rounds: 0): the evaluation is the run's one line
         metrics = {"round": rounds, **evaluate(federation, state, fabric), **state.communication}
+        state.history.append(json_safe(metrics))
         if is_main:
-            _log_round(logger, folder, metrics)
-    summary = _summary(config, federation, state, metrics, folder, time.time() - started,
+            _commit(config, federation, folder, state, logger, save=True)
+    # The summary is made of the last committed line, never of live values: a run resumed after its
+    # final checkpoint writes the summary an uninterrupted run writes.
+    final = state.history[-1]
+    summary = _summary(config, federation, state, final, folder, time.time() - started,
                        time.time() - rounds_started)
     if is_main:
+        _crash_if_requested("before_summary", rounds)
         folder.write_summary(summary)
         primary = f"clients/{federation.task.primary}"
-        if primary in metrics:
+        if primary in final:
             logger.log_table("personalized/clients", ["client", "train_images", "test_images", federation.task.primary],
-                             [[k, len(federation.train[k]), len(federation.test[k]), float(a)]
-                              for k, a in enumerate(metrics[primary])])
+                             [[k, len(federation.train[k]), len(federation.test[k]),
+                               math.nan if a is None else float(a)] for k, a in enumerate(final[primary])])
         logger.finish(summary)
         summary["wandb_dir"] = logger.directory
         return summary
     return {}  # other ranks: the summary is rank 0's to report
 
 
-def _crash_if_requested(completed_rounds: int) -> None:
-    """``FEDVLM_KILL_AFTER_ROUND=N`` kills the process (SIGKILL, no clean-up) after round N's
-    checkpoint: how the resume tests reproduce a crash at a known point."""
-    if os.environ.get("FEDVLM_KILL_AFTER_ROUND") == str(completed_rounds):
+def _commit(config: ExperimentConfig, federation: Federation, folder: RunFolder, state: ServerState,
+            logger: WandbLogger, save: bool) -> bool:
+    """Record a round (rank 0): the checkpoint first (the commit point; it holds the metrics
+    lines), then ``metrics.jsonl`` rewritten from them, then W&B. A kill between any two steps
+    leaves files a resumed run makes consistent again."""
+    if save:
+        folder.save_checkpoint(_checkpoint(config, federation, state))
+        _crash_if_requested("after_checkpoint", state.next_round)
+    folder.write_metrics(state.history)
+    metrics = state.history[-1]
+    logger.log({k: v for k, v in metrics.items() if not isinstance(v, list)})
+    for key, values in metrics.items():
+        if isinstance(values, list) and key.startswith("clients/"):
+            logger.log_histogram(metrics["round"], key, np.array([math.nan if v is None else v for v in values]))
+    return save
+
+
+_KILL_POINTS = ("mid_round", "after_checkpoint", "after_round", "before_summary")
+
+
+def _crash_if_requested(point: str, completed_rounds: int) -> None:
+    """``FEDVLM_KILL_AT=<point>@<round>`` kills the process (SIGKILL, no clean-up) at one of
+    :data:`_KILL_POINTS` of that round: after training, before anything is applied or saved
+    (``mid_round``); between its checkpoint and its metrics line (``after_checkpoint``); at its
+    end (``after_round``; ``FEDVLM_KILL_AFTER_ROUND=N`` is ``after_round@N``); after the final
+    checkpoint, before ``summary.json`` (``before_summary``). How the resume tests crash at known
+    instants."""
+    assert point in _KILL_POINTS
+    wanted = os.environ.get("FEDVLM_KILL_AT", "")
+    if os.environ.get("FEDVLM_KILL_AFTER_ROUND"):
+        wanted += f",after_round@{os.environ['FEDVLM_KILL_AFTER_ROUND']}"
+    if f"{point}@{completed_rounds}" in wanted.split(","):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -459,44 +617,47 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _log_round(logger: WandbLogger, folder: RunFolder, metrics: dict) -> None:
-    line = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()}
-    folder.append_metrics(line)
-    logger.log({k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)})
-    for key, values in metrics.items():
-        if isinstance(values, np.ndarray):
-            logger.log_histogram(metrics["round"], key, values)
-
-
-def _checkpoint(config: ExperimentConfig, state: ServerState) -> dict:
-    return {"config": config.to_dict(), "next_round": state.next_round, "global_shared": state.global_shared,
-            "personal": state.personal, "optimizer": state.optimizer, "uploads": state.uploads,
-            "communication": state.communication}
+def _checkpoint(config: ExperimentConfig, federation: Federation, state: ServerState) -> dict:
+    """What ``checkpoints/last.pt`` holds: tensors, numbers, strings, lists and mappings only, so
+    it loads with ``weights_only=True`` (schema: fedvlm.tracking.run_folder.checkpoint_problem)."""
+    return {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "identity": dict(federation.identity),
+            "next_round": state.next_round, "global_shared": state.global_shared, "personal": state.personal,
+            "optimizer": state.optimizer, "uploads": state.uploads, "communication": dict(state.communication),
+            "history": state.history}
 
 
 # Keys that may differ between a run and its resumption (where and how it runs, not what).
 _RESUMABLE_DIFFERENCES = ("resume", "runtime", "logging")
 
 
-def _open_run_folder(fabric, config: ExperimentConfig) -> tuple[RunFolder, ServerState | None]:
+def _load_resumable(folder: RunFolder, config: ExperimentConfig) -> dict:
+    """The folder's checkpoint, safely loaded, when it was written by a run of these settings."""
+    checkpoint = folder.load_checkpoint()
+    saved, current = checkpoint["config"], config.to_dict()
+    for key in current:
+        if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key):
+            raise ConfigError(f"resume: {key} differs from the run in {folder.path} "
+                              f"(saved {saved.get(key)!r}); resume with the same experiment settings")
+    return checkpoint
+
+
+def _already_finished(folder: RunFolder, config: ExperimentConfig, is_main: bool) -> dict:
+    """Resuming a finished run changes nothing: one line, and the summary it wrote."""
+    if not is_main:
+        return {}
+    print(f"resume: {folder.path} already finished its {config.federation.rounds} rounds (summary.json); "
+          "nothing to do", flush=True)
+    return {**folder.read_summary(), "already_finished": True}
+
+
+def _new_run_folder(fabric, config: ExperimentConfig) -> RunFolder:
     results_dir = config.logging.results_dir
-    if config.resume:
-        folder = RunFolder.for_resume(results_dir, config.name, config.resume)
-        checkpoint = folder.load_checkpoint()
-        saved, current = checkpoint["config"], config.to_dict()
-        for key in current:
-            if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key):
-                raise ConfigError(f"resume: {key} differs from the run in {folder.path} "
-                                  f"(saved {saved.get(key)!r}); resume with the same experiment settings")
-        state = ServerState(checkpoint["next_round"], checkpoint["global_shared"], checkpoint["personal"],
-                            checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"])
-        return folder, state
     run_id = fabric.broadcast(new_run_id(config.seed) if fabric.global_rank == 0 else None)
-    folder = RunFolder(Path(results_dir) / config.name / run_id)
-    if fabric.global_rank == 0:
-        folder = RunFolder.create(results_dir, config.name, run_id)
-        folder.write_config(config.to_dict())
-    return folder, None
+    if fabric.global_rank != 0:
+        return RunFolder(Path(results_dir) / config.name / run_id)
+    folder = RunFolder.create(results_dir, config.name, run_id)
+    folder.write_config(config.to_dict())
+    return folder
 
 
 def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Federation,

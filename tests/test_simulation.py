@@ -12,11 +12,13 @@ import torch
 import yaml
 
 from fedvlm.config import load_config
+from fedvlm.errors import ConfigError
 from fedvlm.heads import HEADS
 from fedvlm.heads.base import normalize
 from fedvlm.heads.coop import CoOpConfig, CoOpHead
 from fedvlm.server import ALGORITHMS, FedAvg
 from fedvlm.simulation import run, sample_clients, shard_clients
+from fedvlm.tracking.run_folder import RunFolder
 
 BASE = {
     "name": "e2e", "seed": 3,
@@ -104,7 +106,7 @@ def test_private_parameters_never_reach_the_server(colour_data_root, tmp_path, t
     summary = run(load_config(overrides=_config(colour_data_root, tmp_path, head={"name": "test_shared_private"},
                                                 algorithm={"name": "test_recording_fedavg"})))
     assert SERVER_INPUTS and all(keys == ["context"] for round_ in SERVER_INPUTS for keys in round_)
-    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoints/last.pt", weights_only=False)
+    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoints/last.pt", weights_only=True)
     assert list(checkpoint["global_shared"]) == ["context"]
     private = [checkpoint["personal"][k]["local_context"] for k in range(3)]
     assert all(p.abs().sum() > 0 for p in private)  # each client trained and kept its own
@@ -143,28 +145,159 @@ def _write(path, raw):
     return path
 
 
-def test_killed_run_resumes_to_the_identical_result(colour_data_root, tmp_path):
-    raw = _config(colour_data_root, tmp_path / "results", federation={"rounds": 4}, runtime={"execution": "sequential"},
-                  optim={"keep_state": True})
+def _files(folder):
+    """Every file of a run folder, as bytes (the lock file is empty and stays so)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _checkpoint(folder):
+    return torch.load(folder / "checkpoints/last.pt", weights_only=True)
+
+
+def _same_state(a, b):
+    for section in ("personal", "optimizer", "uploads"):
+        assert a[section].keys() == b[section].keys(), section
+        for k in a[section]:
+            assert all(torch.equal(a[section][k][n], b[section][k][n]) for n in a[section][k]), (section, k)
+    assert a["global_shared"].keys() == b["global_shared"].keys()
+    assert all(torch.equal(a["global_shared"][n], b["global_shared"][n]) for n in a["global_shared"])  # bitwise
+    assert a["history"] == b["history"] and a["communication"] == b["communication"]
+    assert a["identity"] == b["identity"] and a["next_round"] == b["next_round"]
+
+
+# What may differ between the summaries of a killed-and-resumed run and an uninterrupted one.
+_WHERE_AND_WHEN = ("run_id", "run_dir", "wall_time_s", "rounds_time_s")
+
+
+def test_killed_run_resumes_bitwise_at_every_instant(colour_data_root, tmp_path):
+    """One run killed at every kill point in turn (mid-round, between a checkpoint and its
+    metrics line, at a round's end with the metrics ahead of the checkpoint, between the final
+    checkpoint and the summary), resumed each time, ends with the files of an uninterrupted run."""
+    raw = _config(colour_data_root, tmp_path / "whole", federation={"rounds": 4}, runtime={"execution": "sequential"},
+                  optim={"keep_state": True}, logging={"checkpoint_every": 2, "wandb": "disabled"})
     config = _write(tmp_path / "exp.yaml", raw)
-    whole = _cli(["run", str(config), "name=whole"])
+    whole = _cli(["run", str(config)])
     assert whole.returncode == 0, whole.stderr
-    killed = _cli(["run", str(config), "name=killed"], {"FEDVLM_KILL_AFTER_ROUND": "2"})
-    assert killed.returncode != 0  # SIGKILL
-    resumed = _cli(["run", str(config), "name=killed", "resume=true"])
+    killed_results = f"logging.results_dir={tmp_path / 'killed'}"
+    (whole_dir,) = (tmp_path / "whole" / "e2e").iterdir()
+
+    first = _cli(["run", str(config), killed_results], {"FEDVLM_KILL_AT": "mid_round@3"})
+    assert first.returncode == -9, first.stderr  # SIGKILL
+    (killed_dir,) = (tmp_path / "killed" / "e2e").iterdir()
+    # (kill point, then: rounds in the checkpoint, lines in metrics.jsonl)
+    for point, checkpointed, lines in (("after_round@3", 2, 3), ("after_checkpoint@4", 4, 3),
+                                       ("before_summary@4", 4, 4)):
+        assert _checkpoint(killed_dir)["next_round"] in (2, 4) and not (killed_dir / "summary.json").exists()
+        resumed = _cli(["run", str(config), killed_results, "resume=true"], {"FEDVLM_KILL_AT": point})
+        assert resumed.returncode == -9, (point, resumed.stderr)
+        assert _checkpoint(killed_dir)["next_round"] == checkpointed, point
+        assert len((killed_dir / "metrics.jsonl").read_text().splitlines()) == lines, point
+    done = _cli(["run", str(config), killed_results, "resume=true"])
+    assert done.returncode == 0, done.stderr
+
+    assert (whole_dir / "metrics.jsonl").read_bytes() == (killed_dir / "metrics.jsonl").read_bytes()
+    _same_state(_checkpoint(whole_dir), _checkpoint(killed_dir))
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole_dir, killed_dir))
+    assert {k: v for k, v in a.items() if k not in _WHERE_AND_WHEN} == \
+        {k: v for k, v in b.items() if k not in _WHERE_AND_WHEN}
+    assert [m["round"] for m in map(json.loads, (killed_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+
+    # Resuming the finished run is a no-op that says so: one line, exit 0, every file as it was.
+    before = _files(killed_dir)
+    again = _cli(["run", str(config), killed_results, "resume=true"])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().count("\n") == 0 and "already finished" in again.stdout
+    assert _files(killed_dir) == before
+    by_path = run(load_config(config, [killed_results, f"resume={killed_dir}"]))
+    assert by_path["already_finished"] and by_path["global/accuracy"] == b["global/accuracy"]
+    assert _files(killed_dir) == before
+
+
+def test_a_folder_being_written_cannot_be_resumed(colour_data_root, tmp_path):
+    raw = _config(colour_data_root, tmp_path / "results", federation={"rounds": 2},
+                  logging={"wandb": "disabled"})
+    config = _write(tmp_path / "exp.yaml", raw)
+    killed = _cli(["run", str(config)], {"FEDVLM_KILL_AT": "after_round@1"})
+    assert killed.returncode == -9
+    (folder,) = (tmp_path / "results" / "e2e").iterdir()
+    before = _files(folder)
+    writer = RunFolder(folder).lock()  # another process writing the folder (this test's process)
+    try:
+        second = _cli(["run", str(config), "resume=true"])
+    finally:
+        writer.unlock()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert "being written by another process" in second.stderr and _files(folder) == before
+    resumed = _cli(["run", str(config), "resume=true"])  # once the writer is gone
     assert resumed.returncode == 0, resumed.stderr
-    (whole_dir,) = (tmp_path / "results" / "whole").iterdir()
-    (killed_dir,) = (tmp_path / "results" / "killed").iterdir()
-    a = torch.load(whole_dir / "checkpoints/last.pt", weights_only=False)
-    b = torch.load(killed_dir / "checkpoints/last.pt", weights_only=False)
-    assert torch.equal(a["global_shared"]["context"], b["global_shared"]["context"])  # bitwise
-    for k in a["optimizer"]:
-        assert all(torch.equal(a["optimizer"][k][n], b["optimizer"][k][n]) for n in a["optimizer"][k])
-    strip = lambda folder: [{k: v for k, v in json.loads(line).items()}  # noqa: E731
-                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert strip(whole_dir) == strip(killed_dir)  # same 4 rounds, no duplicate lines from round 3
-    nothing_left = _cli(["run", str(config), "name=killed", "resume=true"])
-    assert nothing_left.returncode == 2 and "no unfinished run of killed" in nothing_left.stderr
+
+
+LOCK_PROBES: list = []
+
+
+@ALGORITHMS.register("test_lock_probe")
+class LockProbeFedAvg(FedAvg):
+    """Mid-run (at aggregation), try to take the lock of the run folder being written."""
+
+    def aggregate(self, current, updates):
+        for folder in LOCK_PROBES[0].glob("*/*"):
+            try:
+                RunFolder(folder).lock().unlock()
+                LOCK_PROBES.append("free")
+            except ConfigError as error:
+                LOCK_PROBES.append(str(error))
+        return super().aggregate(current, updates)
+
+
+def test_a_running_run_holds_its_folder_lock(colour_data_root, tmp_path):
+    LOCK_PROBES[:] = [tmp_path]
+    run(load_config(overrides=_config(colour_data_root, tmp_path, algorithm={"name": "test_lock_probe"},
+                                      logging={"wandb": "disabled"})))
+    assert len(LOCK_PROBES) == 3 and all("another process" in probe for probe in LOCK_PROBES[1:])
+    (folder,) = tmp_path.glob("*/*")
+    RunFolder(folder).lock().unlock()  # released when the run ended
+
+
+def test_resume_refuses_a_changed_dataset(colour_data_root, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_data_root, data)
+    raw = _config(data, tmp_path / "results", federation={"rounds": 2}, logging={"wandb": "disabled"})
+    config = _write(tmp_path / "exp.yaml", raw)
+    killed = _cli(["run", str(config)], {"FEDVLM_KILL_AT": "after_round@1"})
+    assert killed.returncode == -9
+    (folder,) = (tmp_path / "results" / "e2e").iterdir()
+    before = _files(folder)
+    shutil.rmtree(data / "synthetic_scenes" / "blue_lake")  # a class folder removed between kill and resume
+    resumed = _cli(["run", str(config), "resume=true"])
+    assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1, resumed.stderr
+    assert "the dataset synthetic_scenes" in resumed.stderr and "36 images, 3 classes" in resumed.stderr
+    assert "24 images, 2 classes" in resumed.stderr and _files(folder) == before
+
+
+def test_resume_refuses_other_backbone_weights(colour_data_root, tmp_path, tiny_backbone):
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), weights)
+    raw = _config(colour_data_root, tmp_path / "results", model={"name": "fedvlm-tiny", "pretrained": str(weights)},
+                  logging={"wandb": "disabled"})
+    summary = run(load_config(overrides=raw))
+    folder = Path(summary["run_dir"])
+    (folder / "summary.json").unlink()  # as if killed after the final checkpoint
+    state = tiny_backbone.model.state_dict()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)  # other weights, same path
+    with pytest.raises(ConfigError, match="the backbone fedvlm-tiny") as error:
+        run(load_config(overrides={**raw, "resume": str(folder)}))
+    assert "\n" not in str(error.value) and not (folder / "summary.json").exists()
+
+
+def test_run_names_cannot_leave_the_results_dir(colour_data_root, tmp_path):
+    for name in ("../outside", str(tmp_path / "absolute"), "a/b"):
+        with pytest.raises(ConfigError, match="name: expected a folder name"):
+            load_config(overrides={**_config(colour_data_root, tmp_path / "results"), "name": name})
+    config = _write(tmp_path / "exp.yaml", _config(colour_data_root, tmp_path / "results"))
+    refused = _cli(["run", str(config), "name=../outside"])
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and not (tmp_path / "outside").exists()
 
 
 @pytest.mark.parametrize("execution", ["sequential"])
@@ -177,8 +310,8 @@ def test_one_and_two_processes_give_identical_results(colour_data_root, tmp_path
     two = _cli(["run", str(config), "name=two", "runtime.devices=2"])
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     (one_dir,), (two_dir,) = (tmp_path / "results" / "one").iterdir(), (tmp_path / "results" / "two").iterdir()
-    a = torch.load(one_dir / "checkpoints/last.pt", weights_only=False)
-    b = torch.load(two_dir / "checkpoints/last.pt", weights_only=False)
+    a = torch.load(one_dir / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(two_dir / "checkpoints/last.pt", weights_only=True)
     assert torch.equal(a["global_shared"]["context"], b["global_shared"]["context"])
     metrics = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert metrics(one_dir) == metrics(two_dir)

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError
 
-from fedvlm.config import (ExperimentConfig, LoggingConfig, ModelConfig, RuntimeConfig, Section, _one_line,
+from fedvlm.config import (ExperimentConfig, LoggingConfig, ModelConfig, RunName, RuntimeConfig, Section, _one_line,
                            build_config, expand_runs, merge, parse_overrides, read_yaml)
 from fedvlm.errors import ConfigError
+from fedvlm.tracking.run_folder import RunFolder, new_run_id
 
 DEFAULT_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 
@@ -54,7 +55,7 @@ class SupportedTask(Section):
 
 
 class PatchingConfig(Section):
-    name: str
+    name: RunName
     seed: int = 1
     model: ModelConfig = ModelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -163,13 +164,22 @@ def _pixels(paths, preprocess) -> torch.Tensor:
 
 
 def run_patching(config: PatchingConfig) -> dict:
+    folder = RunFolder.create(config.logging.results_dir, config.name, new_run_id(config.seed))
+    try:
+        return _run_patching(config, folder)
+    except BaseException:
+        folder.discard_if_empty()  # a stage failed before it recorded a round: no half-made folder
+        raise
+    finally:
+        folder.unlock()
+
+
+def _run_patching(config: PatchingConfig, folder: RunFolder) -> dict:
     from fedvlm.backbone.clip import FrozenCLIP
     from fedvlm.data.datasets import DATASETS, load_dataset
     from fedvlm.patching.interpolation import choose_alpha, interpolate
     from fedvlm.simulation import run
-    from fedvlm.tracking.run_folder import RunFolder, new_run_id
 
-    folder = RunFolder.create(config.logging.results_dir, config.name, new_run_id(config.seed))
     folder.write_config(config.model_dump(mode="json"))
     stages = str(folder.path)
 
@@ -267,7 +277,7 @@ def curve_at(curve: list[dict], alpha: float) -> dict | None:
 def _fine_tuned_visual(run_dir: Path) -> dict[str, torch.Tensor]:
     """The averaged image encoder of the fine-tuning run (the paint head's ``encoder.<name>``
     parameters, names with ``__`` for dots) as a ``visual`` state dict."""
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = RunFolder(run_dir).load_checkpoint()
     prefix = "encoder."
     return {name[len(prefix):].replace("__", "."): value for name, value in checkpoint["global_shared"].items()
             if name.startswith(prefix)}
@@ -286,7 +296,7 @@ def crossmodal_evaluation(config: ExperimentConfig, run_dir: Path, ks: list[int]
     fabric = make_fabric(single)
     fabric.launch()
     federation = build_federation(single, fabric)
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = RunFolder(run_dir).load_checkpoint()
     head = federation.head
     head.write_slot(0, {**federation.initial, **checkpoint["global_shared"]})
     head.eval()

@@ -68,7 +68,20 @@ class Report:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("/", "_")).strip("_")
+    """``text`` as one safe file-name component. Output names come from run folders' contents
+    (experiment, dataset and metric names), which anyone can write: the result has no separator,
+    never starts with '.' (so never '.' or '..') and is never empty."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).lstrip("._-").rstrip("_")
+    return name[:120] or "unnamed"
+
+
+def output_folder(out: Path, name: str) -> Path:
+    """The folder ``out/<slug(name)>``, refused when it would lie outside ``out`` (a symlink
+    planted where it goes): the report writes only below the folder it was given."""
+    folder = out / slug(name)
+    if folder.is_symlink() or not folder.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"report: {folder} points outside the output folder {out}; remove it or choose another --out")
+    return folder
 
 
 def comparisons(runs: list[Run], by_dataset: bool = True) -> list[Comparison]:
@@ -181,7 +194,9 @@ def build_report(results_dirs, out: str | Path | None = None, wandb_paths: list[
     ``entity/project``, when online) and write the report folder (module docstring);
     ``plots_too=False`` writes the tables only."""
     results_dirs = [Path(d) for d in ([results_dirs] if isinstance(results_dirs, (str, Path)) else results_dirs)]
-    out = Path(out) if out is not None else results_dirs[0] / "report"
+    if out is None:
+        out = output_folder(results_dirs[0], "report")  # inside the first results directory, never a link out of it
+    out = Path(out)
     runs = load_runs(results_dirs)
     if wandb_paths:
         from fedvlm.report.wandb_runs import load_wandb_runs
@@ -204,7 +219,7 @@ def build_report(results_dirs, out: str | Path | None = None, wandb_paths: list[
     statistics.to_csv(out / "partition_stats.csv", index=False)
     sections, cells = [], []
     for comparison in report.comparisons:
-        section, files, table = write_comparison(comparison, out / slug(comparison.name), plots_too)
+        section, files, table = write_comparison(comparison, output_folder(out, comparison.name), plots_too)
         sections.append(section)
         report.files += files
         table.insert(0, "comparison", comparison.name)
