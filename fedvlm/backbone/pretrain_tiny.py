@@ -147,6 +147,19 @@ def downstream_eval_split(num_images: int = EVAL_IMAGES, seed: int = EVAL_SEED, 
     return images, labels, WORLD.scene_names
 
 
+def orient(x, flip):
+    """Flip (last axis) and/or transpose (last two axes) each sample: x [B, ..., H, W], flip [B, 2] bool.
+
+    Applied with the same ``flip`` to the images [B, 3, H, W] and to their region grids [B, G, G],
+    so a patch keeps the label of what lies under it whatever the orientation.
+    """
+    import torch
+
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x = torch.where(flip[:, 0].view(shape), x.flip(-1), x)
+    return torch.where(flip[:, 1].view(shape), x.transpose(-1, -2), x)
+
+
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -192,7 +205,8 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
     * ``mean_patch_weight`` x the same InfoNCE with the mean of the projected patch tokens as the
       image embedding (the image-level reading of the patches that FedOTP-style heads and
       DualCoOp's region aggregation rely on);
-    * ``region_weight`` x ``region_alignment_loss``: every patch classified against the text
+    * ``region_weight`` x ``region_alignment_loss`` (at ``region_logit_scale``, 0 = the model's
+      learned logit scale): every patch classified against the text
       embeddings of the 33 region names (object types and materials,
       ``fedvlm.data.synthetic.regions``) with the label of what lies under it. This keeps each
       patch about its own region, where a per-patch InfoNCE against the whole caption would make
@@ -284,8 +298,7 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
             index = torch.from_numpy(order[batch * batch_size:(batch + 1) * batch_size])
             x = pixels[index]
             flip = flips[index]  # random flips and transposes: the world has no preferred orientation
-            x = torch.where(flip[:, 0].view(-1, 1, 1, 1), x.flip(-1), x)
-            x = torch.where(flip[:, 1].view(-1, 1, 1, 1), x.transpose(-1, -2), x)
+            x = orient(x, flip)
             text = tokens[index, torch.from_numpy(which_caption[index.numpy()])]
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, lr)
@@ -294,9 +307,7 @@ def pretrain_tiny(out_path: str | Path | None = None, seed: int = PRETRAIN_SEED,
                 pooled, patch_tokens = model.visual(x)
                 patch_features = patch_tokens @ model.visual.proj  # [B, M, D], as FrozenCLIP reads them
                 # the same flips and transposes on the region grid (patches are row-major over it)
-                target = regions[index]
-                target = torch.where(flip[:, 0].view(-1, 1, 1), target.flip(-1), target)
-                target = torch.where(flip[:, 1].view(-1, 1, 1), target.transpose(-1, -2), target)
+                target = orient(regions[index], flip)
                 scale = model.logit_scale.exp()
                 loss = loss_fn(F.normalize(pooled, dim=-1), text_features, scale)
                 loss = loss + mean_patch_weight * loss_fn(F.normalize(patch_features.mean(1), dim=-1),

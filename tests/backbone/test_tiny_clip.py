@@ -77,3 +77,36 @@ def test_pretraining_is_deterministic(tmp_path, one_thread):
     assert runs[0]["sha256"] == runs[1]["sha256"]
     first, second = (load_file(str(tmp_path / f"run{i}.safetensors")) for i in range(2))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_orientation_moves_region_labels_with_the_pixels():
+    """A flipped/transposed image's region grid is the grid of the flipped/transposed pixel map."""
+    from fedvlm.backbone.pretrain_tiny import orient
+    from fedvlm.data.synthetic import generate
+    from fedvlm.data.synthetic.regions import region_labels, region_pixel_labels
+
+    scene = next(generate(1, seed=5, size=64))
+    pixels = torch.from_numpy(region_pixel_labels(scene))[None]  # [1, 64, 64]
+    grid = torch.from_numpy(region_labels(scene, 8))[None]  # [1, 8, 8]
+    for flip in ([True, False], [False, True], [True, True]):
+        flip = torch.tensor([flip])
+        moved = orient(pixels, flip)[0].numpy()
+        cells = moved.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+        expected = np.array([np.bincount(c, minlength=33).argmax() for c in cells]).reshape(8, 8)
+        assert np.array_equal(orient(grid, flip)[0].numpy(), expected)
+        assert not np.array_equal(orient(grid, flip)[0].numpy(), grid[0].numpy())  # the flip did something
+
+
+def test_region_alignment_loss_is_the_cross_entropy_over_region_texts():
+    from fedvlm.backbone.pretrain_tiny import region_alignment_loss
+
+    generator = torch.Generator().manual_seed(0)
+    patches, texts = torch.randn(2, 3, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    targets = torch.tensor([[0, 4, 2], [1, 1, 3]])
+    expected = 0.0
+    for b in range(2):
+        for m in range(3):
+            cos = [float(torch.nn.functional.cosine_similarity(patches[b, m], texts[r], dim=0)) for r in range(5)]
+            logits = torch.tensor(cos) * 7.0
+            expected += float(-torch.log_softmax(logits, 0)[targets[b, m]]) / 6
+    assert abs(float(region_alignment_loss(patches, texts, targets, 7.0)) - expected) < 1e-5
