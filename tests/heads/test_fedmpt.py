@@ -287,3 +287,5 @@ def test_describe_on_vit_b16_counts_the_parameters_table5_compares():
     # class-specific class tokens: G is 4 x 512 per class instead of one shared 4 x 512
     csc = describe(load_configs("experiments/fedmpt_voc.yaml", ["head.class_specific_context=true"])[0])
     assert csc["transmitted_parameters"] == 192_672 + 19 * 4 * 512 == 231_584
+    dualcoop = describe(load_configs("experiments/fedmpt_voc.yaml", ["head.name=dualcoop", "head.class_specific_context=true"])[0])
+    assert dualcoop["transmitted_parameters"] == 20 * 2 * 16 * 512 == 327_680  # a positive and a negative prompt per class
