@@ -18,15 +18,36 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from fedvlm.backbone.clip import FrozenCLIP
-from fedvlm.config import ComponentConfig
+from fedvlm.config import ComponentConfig, Section
 from fedvlm.losses import asymmetric_loss
+
+
+class ASLConfig(Section):
+    """``head.asl``: the Asymmetric Loss every head trains with on multi-hot labels (FedMPT Eq. 3
+    and 12: gamma_- = ``gamma_neg``, gamma_+ = ``gamma_pos``, the hard threshold c = ``clip``).
+
+    The defaults are the ASL authors' training setting (Ridnik et al., ICCV 2021, the reference
+    ``train.py``: gamma_neg 4, gamma_pos 0, clip 0.05), fedvlm's setting since issue 5. FedMPT
+    only states gamma_- >= gamma_+ (Sec. 3.1) and ablates the values in its Sup. Mat. B, which is
+    not in papers/fedmpt.txt; the authors' code (``Launch_FL.py --neg 2 --pos 1``) and DualCoOp's
+    (``ASL_GAMMA_NEG = 2``, ``ASL_GAMMA_POS = 1``) train with 2 / 1 and clip 0.05. The key lives
+    on every head, so a sweep over ``head.name`` keeps one loss for every method
+    (docs/MULTILABEL.md, "ASL settings"); single-label heads ignore it (cross-entropy).
+    """
+
+    gamma_neg: float = Field(4.0, ge=0)
+    gamma_pos: float = Field(0.0, ge=0)
+    clip: float = Field(0.05, ge=0, lt=1)
 
 
 class HeadConfig(ComponentConfig):
     """``head:`` section; each head extends it with its own keys."""
+
+    asl: ASLConfig = Field(default_factory=ASLConfig)
 
 
 @dataclass
@@ -132,11 +153,13 @@ class Head(nn.Module):
 
     def sample_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-sample loss ``[B]``: cross-entropy for class labels ``[B]``; for multi-label
-        targets ``[B, C]`` in {1, 0, -1} the Asymmetric Loss summed over classes (unknown labels
-        excluded), the loss FedMPT trains every method with."""
+        targets ``[B, C]`` in {1, 0, -1} the Asymmetric Loss with ``head.asl``'s settings summed
+        over classes (unknown labels excluded), the loss FedMPT trains every method with."""
         if labels.dim() == 1:
             return F.cross_entropy(scores, labels, reduction="none")
-        return asymmetric_loss(scores, labels, reduction="none").sum(-1)
+        asl = self.config.asl
+        return asymmetric_loss(scores, labels, gamma_neg=asl.gamma_neg, gamma_pos=asl.gamma_pos, clip=asl.clip,
+                               reduction="none").sum(-1)
 
     def begin_round(self, context: "RoundContext") -> None:
         """Hook called before a rank trains its clients of a round (e.g. FedRSCLIP's alignment

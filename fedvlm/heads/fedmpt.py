@@ -10,7 +10,8 @@ code projects all ViT tokens, class token included).
    ``[L_n,1 .. L_n,beta_cond] <condition n> [G_1 .. G_beta_cls] <class c>.``: the condition-level
    tokens L_n are per condition, the class-level tokens G are shared by every class (and every
    condition). Conditions come from a data file (``fedvlm/heads/conditions/<name>.txt``) or a
-   list; text features t[n, c] = f_t(p_{n,c}) ``[N, C, D]``.
+   list; text features t[n, c] = f_t(p_{n,c}) ``[N, C, D]``. ``class_specific_context: true``
+   gives each class its own G (CoOp's CSC: C x beta_cls x d_t class tokens).
 2. Adapters (Eq. 6). One LoRA-like adapter per condition on the projected patch features,
    ``A_n(f) = f + W_up,n W_down,n f`` with D -> r = 32 -> D. Eq. 6 prints the product alone
    (``W_up(W_down f)``); "LoRA-like" and LoRA's own form add it to f with W_up starting at zero,
@@ -31,6 +32,11 @@ code projects all ViT tokens, class token included).
    early stop on a batch-wide residual), so an image's plan never depends on which other
    images, or clients, share its batch; with lambda = 0.2 and costs in [0, 1], 30 iterations
    leave a marginal error of about 1e-6 even on 0/1 costs (float32 reaches its floor near 3e-7).
+   ``ot_marginals`` says which marginals the plan joins (:func:`transport_weights`):
+   ``patches_to_classes`` (default) is the plan above, between the patches and the classes per
+   (image, condition); ``patches_to_conditions`` is the other reading of Eq. 9-10, a plan
+   ``[M, N]`` between the patches and the N condition prompts per (image, class).
+   :func:`effective_regions` measures how many regions each column of the plan spreads over.
 6. Conditioned prediction psi[n, c] = sum_m T[m, c] S[m, c] (Eq. 10 and after). We read S here
    as the region-text similarity s (the paper calls S "the original region-text similarity"),
    with T scaled by C so every class carries unit mass: psi is then Eq. 2 with the softmax
@@ -105,12 +111,14 @@ class ConditionPromptLayout(nn.Module):
     Row r = n * C + c is ``[SOS] [L]x beta_cond <condition n> [G]x beta_cls <class c>. [EOT]``.
     Buffers: ``token_embeddings [R, L, d_t]``, ``context_index [R, L]`` (-1 for frozen tokens,
     0 .. beta_cond - 1 for the row's condition tokens, beta_cond .. beta_cond + beta_cls - 1 for
-    the shared class tokens), ``condition_of_row [R]`` and ``eot [R]``. ``conditions`` None
-    builds the plain prompts ``[G]x beta_cls <class>.`` (N = 1).
+    the class tokens), ``condition_of_row [R]`` and ``eot [R]``. ``conditions`` None builds the
+    plain prompts ``[G]x beta_cls <class>.`` (N = 1). ``class_specific``: the class tokens G
+    differ per class (CoOp's CSC), so the text encoder's shared prefix of a condition's prompts
+    ends before them.
     """
 
     def __init__(self, backbone: FrozenCLIP, conditions: list[str] | None, classnames: list[str],
-                 condition_tokens: int, class_tokens: int):
+                 condition_tokens: int, class_tokens: int, class_specific: bool = False):
         super().__init__()
         if conditions is None:
             conditions, condition_tokens = [""], 0
@@ -119,7 +127,7 @@ class ConditionPromptLayout(nn.Module):
         # tokens each condition occupies ("" -> [SOS] [EOT] -> 0)
         condition_lengths = [int(n) - 1 for n in backbone.eot_positions(backbone.tokenize(conditions))]
         placeholders = lambda k: " ".join([PLACEHOLDER] * k)  # noqa: E731
-        texts, positions, rows = [], [], []
+        texts, positions, rows, class_starts = [], [], [], []
         for n, condition in enumerate(conditions):
             for c, name in enumerate(classnames):
                 parts = (placeholders(condition_tokens), condition, placeholders(class_tokens), name)
@@ -128,6 +136,7 @@ class ConditionPromptLayout(nn.Module):
                 positions.append(list(range(1, 1 + condition_tokens)) +
                                  list(range(class_start, class_start + class_tokens)))
                 rows.append(n)
+                class_starts.append(class_start)
         ids = backbone.tokenize(texts)
         eot = backbone.eot_positions(ids)
         if int(eot.max()) >= backbone.context_length - 1:
@@ -145,12 +154,20 @@ class ConditionPromptLayout(nn.Module):
         self.register_buffer("condition_of_row", torch.tensor(rows), persistent=False)
         self.register_buffer("eot", eot, persistent=False)
         self.shared_prefix = shared_prefix_length(ids[:, :length], index[:, :length], eot, groups=self.num_conditions)
+        if class_specific:  # the same token ids, but each class its own G vectors
+            self.shared_prefix = min(self.shared_prefix, min(class_starts))
 
     def splice(self, context: torch.Tensor) -> torch.Tensor:
-        """``context [U, N, beta_cond + beta_cls, d_t]`` (per unit, per condition) -> prompt
-        embeddings ``[U, R, L, d_t]``."""
+        """``context [U, N, K, d_t]`` (per unit and condition, K = beta_cond + beta_cls) or
+        ``[U, N, C, K, d_t]`` (per unit, condition and class: class-specific class tokens)
+        -> prompt embeddings ``[U, R, L, d_t]``."""
         is_context = self.context_index.ge(0)[None, :, :, None]
-        gathered = context[:, self.condition_of_row[:, None], self.context_index.clamp(min=0)]  # [U, R, L, d]
+        index = self.context_index.clamp(min=0)
+        if context.dim() == 4:
+            gathered = context[:, self.condition_of_row[:, None], index]  # [U, R, L, d]
+        else:
+            rows = torch.arange(index.shape[0], device=context.device)[:, None]
+            gathered = context.flatten(1, 2)[:, rows, index]  # row n * C + c is (n, c)
         return torch.where(is_context, gathered, self.token_embeddings.unsqueeze(0))
 
     def encode(self, backbone: FrozenCLIP, context: torch.Tensor) -> torch.Tensor:
@@ -198,6 +215,51 @@ def patch_marginal(similarity: torch.Tensor, tau: float,
     return torch.softmax(sign * entropy / tau, dim=-1)
 
 
+OTMarginals = Literal["patches_to_classes", "patches_to_conditions"]
+
+
+def transport_weights(similarity: torch.Tensor, tau: float, epsilon: float, iterations: int,
+                      marginal_mode: Literal["entropy", "negative_entropy", "uniform"] = "entropy",
+                      marginals: OTMarginals = "patches_to_classes") -> torch.Tensor:
+    """Eq. 7-10: the region weights ``w [..., N, M, C]`` of the conditioned predictions
+    psi[n, c] = sum_m w[n, m, c] s[n, m, c], from ``similarity`` s ``[..., N, M, C]``. Every
+    (n, c) column of w sums to 1 over the M regions (like the softmax weights of Eq. 2); no
+    gradient (the plan is fixed). Cost C = 1 - softmax_m(s / tau) (Eq. 7), patch marginal a
+    (Eq. 8), Sinkhorn with lambda = ``epsilon`` for exactly ``iterations`` iterations.
+
+    ``patches_to_classes`` (default): per (image, condition n) the plan T ``[M, C]`` from a[n]
+    over the patches to the uniform 1/C over classes ("b uniform so that all categories yield
+    equal chance to be detected"; "the OT applied across all classes for each conditioned
+    prompt"); w = C T.
+    ``patches_to_conditions``: per (image, class c) the plan T ``[M, N]`` from the patches to
+    the uniform 1/N over the N condition prompts, cost C[m, n] of class c (Eq. 10's indices:
+    u_m over patches, v_n over conditions, P in R^{M x N x C}); the patch marginal is Eq. 8's
+    a[n, m] averaged over conditions, since one [M, N] plan has one row marginal; w = N T.
+    """
+    cost = condition_cost(similarity, tau)  # Eq. 7
+    marginal = patch_marginal(similarity.detach(), tau, marginal_mode)  # Eq. 8, [..., N, M]
+    if marginals == "patches_to_classes":
+        plan = sinkhorn(cost, marginal, None, eps=epsilon, max_iter=iterations, tol=0.0)  # [..., N, M, C]
+        return plan * similarity.shape[-1]
+    per_class = cost.movedim(-1, -3).transpose(-1, -2)  # [..., C, M, N]
+    rows = marginal.mean(dim=-2).unsqueeze(-2).expand(per_class.shape[:-1])  # [..., C, M]
+    plan = sinkhorn(per_class, rows, None, eps=epsilon, max_iter=iterations, tol=0.0)  # [..., C, M, N]
+    return plan.transpose(-1, -2).movedim(-3, -1) * similarity.shape[-3]  # [..., N, M, C]
+
+
+def effective_regions(weights: torch.Tensor, dim: int = -2) -> torch.Tensor:
+    """How many regions a column of transport weights spreads over: exp of the entropy of the
+    column normalised to sum to 1 along ``dim`` (the perplexity, Hill's number of order 1):
+    1 when all mass sits on one region, M for a uniform column, k for k equal regions.
+    ``weights [..., M, ...]`` (non-negative) -> the same shape without ``dim``. FedMPT's
+    :meth:`FedMPTHead.region_weights` ``[B, N, M, C]`` gives one value per (image, condition,
+    class). An all-zero column counts as 0 regions."""
+    total = weights.sum(dim=dim, keepdim=True)
+    p = weights / total.clamp(min=torch.finfo(weights.dtype).tiny)
+    entropy = -torch.special.xlogy(p, p).sum(dim=dim)
+    return torch.where(total.squeeze(dim) > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
 def gate_weights(features: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Eq. 11: softmax over conditions of omega = features W_down W_up. features ``[B, D]``,
     down ``[B, D, r]``, up ``[B, r, N]`` -> ``[B, N]``."""
@@ -216,12 +278,16 @@ class FedMPTConfig(HeadConfig):
     condition_tokens: int = Field(4, ge=0)  # beta_cond
     class_tokens: int = Field(4, gt=0)  # beta_cls
     ctx_init: str | None = None  # start the class tokens from these words (beta_cls of them)
+    class_specific_context: bool = False  # CoOp's CSC: each class its own beta_cls class tokens G
     adapter_rank: int = Field(32, gt=0)  # D_s
     adapter_residual: bool = True
     tau: float = Field(4.0, gt=0)
     similarity_scale: float = Field(20.0, gt=0)
     ot_epsilon: float = Field(0.2, gt=0)  # lambda
     ot_iterations: int = Field(30, gt=0)
+    # which marginals the plan joins: patches and classes per (image, condition), or patches and
+    # condition prompts per (image, class) (see transport_weights; docs/MULTILABEL.md)
+    ot_marginals: OTMarginals = "patches_to_classes"
     patch_marginal: Literal["entropy", "negative_entropy", "uniform"] = "entropy"
     prediction: Literal["similarity", "softmax"] = "similarity"
     output_scale: float | None = Field(None, gt=0)  # null: logit scale / 20 (5 on OpenAI CLIP)
@@ -250,13 +316,17 @@ class FedMPTHead(Head):
         conditions = load_conditions(config.conditions)[: config.num_conditions] if config.uses("condition_prompts") else None
         self.conditions = conditions or []
         condition_tokens = config.condition_tokens if conditions else 0
-        self.layout = ConditionPromptLayout(backbone, conditions, classnames, condition_tokens, config.class_tokens)
+        self.layout = ConditionPromptLayout(backbone, conditions, classnames, condition_tokens, config.class_tokens,
+                                            config.class_specific_context)
         self.output_scale = output_scale(config.output_scale, backbone, config.similarity_scale)
         n, width, rank = self.layout.num_conditions, backbone.embed_dim, config.adapter_rank
         g = self.generator
         if condition_tokens:
             self.condition_context = self.slot_parameter(torch.randn(n, condition_tokens, backbone.text_width, generator=g) * 0.02)
-        self.class_context = self.slot_parameter(context_init(backbone, config.class_tokens, config.ctx_init, g))
+        class_context = context_init(backbone, config.class_tokens, config.ctx_init, g)  # [beta_cls, d_t]
+        if config.class_specific_context:
+            class_context = class_context.unsqueeze(0).repeat(len(classnames), 1, 1)  # [C, beta_cls, d_t]
+        self.class_context = self.slot_parameter(class_context)
         bound = 1 / math.sqrt(width)  # LoRA's kaiming-uniform(a=sqrt(5)) range for W_down
 
         def uniform(*shape, limit):
@@ -276,15 +346,20 @@ class FedMPTHead(Head):
 
     def text_features(self, slots: torch.Tensor) -> torch.Tensor:
         """Normalised condition-prompt features of the given slots: ``[U, N, C, D]``."""
-        class_context = self.class_context[slots].unsqueeze(1).expand(-1, self.num_conditions, -1, -1)
-        if hasattr(self, "condition_context"):
-            context = torch.cat([self.condition_context[slots], class_context], dim=2)
-        else:
-            context = class_context
+        n, classes = self.num_conditions, self.layout.num_classes
+        class_context = self.class_context[slots]  # [U, beta_cls, d] or [U, C, beta_cls, d] (CSC)
+        if self.config.class_specific_context:  # per (condition, class) contexts [U, N, C, K, d]
+            class_context = class_context.unsqueeze(1).expand(-1, n, -1, -1, -1)
+            condition = self.condition_context[slots].unsqueeze(2).expand(-1, -1, classes, -1, -1) \
+                if hasattr(self, "condition_context") else None
+        else:  # per condition contexts [U, N, K, d]
+            class_context = class_context.unsqueeze(1).expand(-1, n, -1, -1)
+            condition = self.condition_context[slots] if hasattr(self, "condition_context") else None
+        context = class_context if condition is None else torch.cat([condition, class_context], dim=-2)
         return normalize(self.layout.encode(self.backbone, context))
 
-    def condition_predictions(self, batch: Batch) -> torch.Tensor:
-        """psi ``[B, N, C]``: one prediction per condition (Eq. 6-10), in units of s (logits / output_scale)."""
+    def region_similarity(self, batch: Batch) -> torch.Tensor:
+        """s ``[B, N, M, C]`` = similarity_scale * cos(A_n(f_m), t[n, c]) (Eq. 6-7)."""
         config = self.config
         slots, position = torch.unique(batch.slot, return_inverse=True)
         text = self.text_features(slots)[position]  # [B, N, C, D]
@@ -293,16 +368,29 @@ class FedMPTHead(Head):
             adapted = lora(patches, self.adapter_down[batch.slot], self.adapter_up[batch.slot], config.adapter_residual)
         else:
             adapted = patches.unsqueeze(1).expand(-1, self.num_conditions, -1, -1)
-        similarity = config.similarity_scale * torch.einsum("bnmd,bncd->bnmc", normalize(adapted), text)  # [B, N, M, C]
-        cost = condition_cost(similarity, config.tau)  # Eq. 7
-        softmax = 1 - cost  # S
+        return config.similarity_scale * torch.einsum("bnmd,bncd->bnmc", normalize(adapted), text)
+
+    def weights_for(self, similarity: torch.Tensor) -> torch.Tensor:
+        """The region weights ``[B, N, M, C]`` (each (n, c) column sums to 1 over regions): the
+        transport plan (:func:`transport_weights`), or softmax_m(s / tau) without OT."""
+        config = self.config
         if config.uses("optimal_transport"):
-            marginal = patch_marginal(similarity.detach(), config.tau, config.patch_marginal)  # Eq. 8
-            plan = sinkhorn(cost, marginal, None, eps=config.ot_epsilon, max_iter=config.ot_iterations, tol=0.0)
-            weights = plan * similarity.shape[-1]  # unit mass per class, like softmax weights
-        else:
-            weights = softmax
-        if config.prediction == "similarity":
+            return transport_weights(similarity, config.tau, config.ot_epsilon, config.ot_iterations,
+                                     config.patch_marginal, config.ot_marginals)
+        return torch.softmax(similarity / config.tau, dim=-2)  # S = 1 - C of Eq. 7
+
+    @torch.no_grad()
+    def region_weights(self, batch: Batch) -> torch.Tensor:
+        """Diagnostics: the weights ``[B, N, M, C]`` the prediction puts on each region, per
+        image, condition and class (feed them to :func:`effective_regions`)."""
+        return self.weights_for(self.region_similarity(batch))
+
+    def condition_predictions(self, batch: Batch) -> torch.Tensor:
+        """psi ``[B, N, C]``: one prediction per condition (Eq. 6-10), in units of s (logits / output_scale)."""
+        similarity = self.region_similarity(batch)  # [B, N, M, C]
+        weights = self.weights_for(similarity)
+        softmax = torch.softmax(similarity / self.config.tau, dim=-2)  # S
+        if self.config.prediction == "similarity":
             return (weights * similarity).sum(dim=-2)
         return similarity.shape[-2] * (weights * softmax).sum(dim=-2)  # M C psi: 1 for a uniform plan
 

@@ -1,6 +1,10 @@
 """Multi-label heads: DualCoOp and PositiveCoOp against a transcription of the authors' scoring
-code, CoOp with ASL on multi-hot labels, and batched == sequential training for every one of
-FedMPT, DualCoOp and PositiveCoOp (each client exactly as if alone)."""
+code, CoOp with ASL on multi-hot labels, ``head.asl`` reaching the loss of every head, the
+class-specific context (CSC) options, and batched == sequential training for every one of
+FedMPT, DualCoOp and PositiveCoOp in each option (each client exactly as if alone)."""
+
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +14,8 @@ import torch.nn.functional as F
 from fedvlm.client.batches import FeatureBatches
 from fedvlm.client.optim import SlotOptimizer
 from fedvlm.client.training import ClientTask, train_pass
-from fedvlm.config import OptimConfig
+from fedvlm.config import OptimConfig, load_config, load_configs
+from fedvlm.errors import ConfigError
 from fedvlm.heads import HEADS, Batch
 from fedvlm.losses import asymmetric_loss
 
@@ -87,6 +92,98 @@ def test_coop_trains_with_asl_on_multi_hot_labels(tiny_backbone):
     assert head.context.grad[0].abs().sum() > 0 and head.context.grad[1].abs().sum() == 0
 
 
+def _asl_equation(logits, labels, gamma_neg, gamma_pos, clip):
+    """ASL (FedMPT Eq. 3; Ridnik et al.) per sample, one entry at a time in float64: positives
+    -(1 - p)^gamma_pos log p, negatives -p_m^gamma_neg log(1 - p_m) with p_m = max(p - clip, 0),
+    unknown (-1) entries skipped."""
+    losses = []
+    for row, targets in zip(logits.tolist(), labels.tolist()):
+        total = 0.0
+        for logit, target in zip(row, targets):
+            p = 1 / (1 + math.exp(-logit))
+            if target == 1:
+                total -= (1 - p) ** gamma_pos * math.log(p)
+            elif target == 0:
+                shifted = max(p - clip, 0.0)
+                total -= shifted**gamma_neg * math.log(1 - shifted)
+        losses.append(total)
+    return losses
+
+
+@pytest.mark.parametrize("name", ["coop", "dualcoop", "positive_coop", "fedmpt", "maple", "fedpgp"])
+def test_asl_settings_reach_every_heads_loss(tiny_backbone, name):
+    """head.asl = {gamma_neg: 2, gamma_pos: 1, clip: 0.1} (DualCoOp's gammas, another clip): each
+    slot's training loss is the mean over its samples of the ASL equation with those values."""
+    options = {"maple": {"prompt_depth": 2}, "fedpgp": {"n_ctx": 4}}.get(name, {})
+    settings = {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.1}
+    head = _head(tiny_backbone, name, slots=2, asl=settings, **options)
+    assert head.config.asl.model_dump() == settings
+    generator = torch.Generator().manual_seed(5)
+    size = tiny_backbone.image_size
+    labels = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [1, -1, 0, 0], [0, 0, 0, 1]], dtype=torch.float32)
+    batch = Batch(labels=labels, slot=torch.tensor([0, 1, 0, 1]),
+                  image=torch.randn(4, tiny_backbone.embed_dim, generator=generator),
+                  patches=torch.randn(4, 5, tiny_backbone.embed_dim, generator=generator),
+                  pixels=torch.randn(4, 3, size, size, generator=generator))
+    with torch.no_grad():
+        logits = head(batch)
+        loss = head.sample_loss(logits, labels)
+    expected = _asl_equation(logits.double(), labels, **settings)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    if name != "fedpgp":  # FedPGP adds its contrastive term to the slot loss
+        torch.testing.assert_close(head.training_loss(batch).detach(),
+                                   torch.tensor([(expected[0] + expected[2]) / 2, (expected[1] + expected[3]) / 2]))
+    default = _head(tiny_backbone, name, **options)
+    assert default.config.asl.model_dump() == {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}
+    assert not np.allclose(default.sample_loss(logits, labels).numpy(), expected, rtol=1e-3)
+
+
+def test_asl_keys_load_from_yaml_and_survive_a_sweep_over_heads(tmp_path):
+    """head.asl set once in a protocol file holds for every method of a sweep over head.name and
+    over whole head sections; a bad value is one line naming the key."""
+    protocol = Path("experiments/synthetic/multilabel.yaml").resolve()
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {protocol}\nhead: {{asl: {{gamma_neg: 2, gamma_pos: 1, clip: 0.1}}}}\n"
+                     "sweep:\n  head.name: [fedmpt, dualcoop, coop]\n")
+    runs = load_configs(sweep)
+    assert [run.head.name for run in runs] == ["fedmpt", "dualcoop", "coop"]
+    assert all(run.head.asl.model_dump() == {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.1} for run in runs)
+    sections = load_configs(sweep, {"sweep": {"head": [{"name": "positive_coop"}, {"name": "maple", "n_ctx": 2}]}})
+    assert len(sections) == 6 and {run.head.asl.gamma_neg for run in sections} == {2.0}
+    spelt_out = load_configs("experiments/synthetic/multilabel_heterogeneity.yaml")
+    assert {tuple(run.head.asl.model_dump().values()) for run in spelt_out} == {(4.0, 0.0, 0.05)}
+    override = load_config("experiments/synthetic/multilabel.yaml", ["head.asl.gamma_neg=2", "head.asl.gamma_pos=1"])
+    assert override.head.asl.model_dump() == {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.05}
+    with pytest.raises(ConfigError, match=r"head\.asl\.clip") as error:
+        load_config("experiments/synthetic/multilabel.yaml", ["head.asl.clip=1.5"])
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, contexts", [("dualcoop", ["positive_context", "negative_context"]),
+                                            ("positive_coop", ["context"]), ("coop", ["context"])])
+def test_class_specific_context_gives_each_class_its_own_prompt(tiny_backbone, name, contexts):
+    """CSC: every context becomes [S, C, n_ctx, d_t], shared (aggregated), and the class count
+    multiplies its parameters; two classes given the same name score alike only without CSC."""
+    shared, specific = _head(tiny_backbone, name, slots=2), _head(tiny_backbone, name, slots=2, class_specific_context=True)
+    n_ctx, width = shared.config.n_ctx, tiny_backbone.text_width
+    for context in contexts:
+        assert getattr(specific, context).shape == (2, len(CLASSES), n_ctx, width)
+        assert getattr(shared, context).shape == (2, n_ctx, width)
+    assert specific.shared_names() == shared.shared_names() and specific.private_names() == []
+    grown = specific.parameters_per_client() - shared.parameters_per_client()
+    assert grown == len(contexts) * (len(CLASSES) - 1) * n_ctx * width
+    generator = torch.Generator().manual_seed(3)
+    batch = Batch(labels=torch.zeros(2, 4), slot=torch.zeros(2, dtype=torch.long),
+                  image=torch.randn(2, tiny_backbone.embed_dim, generator=generator),
+                  patches=torch.randn(2, 5, tiny_backbone.embed_dim, generator=generator))
+    torch.testing.assert_close(specific(batch), shared(batch))  # the same start: CSC repeats the context
+    with torch.no_grad():
+        for context in contexts:
+            getattr(specific, context)[0, 0] += torch.randn(n_ctx, width, generator=generator)
+    changed = (specific(batch) - shared(batch)).abs().amax(0) > 1e-4
+    assert changed.tolist() == [True, False, False, False]  # class 0's own context moved only its logit
+
+
 def _data(backbone, n=24, patches=6):
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(n, 4, generator=g) < 0.4).float()
@@ -95,8 +192,8 @@ def _data(backbone, n=24, patches=6):
     return FeatureBatches(pooled, torch.randn(n, patches, backbone.embed_dim, generator=g), labels, "cpu")
 
 
-def _train(backbone, name, slots):
-    head = _head(backbone, name, slots=slots)
+def _train(backbone, name, slots, options=None):
+    head = _head(backbone, name, slots=slots, **(options or {}))
     optimizer = SlotOptimizer(head.trainable(), OptimConfig(lr=0.05, batch_size=4))
     initial = head.read_slot(0)
     shares = {0: np.arange(0, 9), 1: np.arange(9, 13), 2: np.arange(13, 24)}  # 3, 1 and 3 batches
@@ -108,9 +205,15 @@ def _train(backbone, name, slots):
     return {r.client: r for r in results}
 
 
-@pytest.mark.parametrize("name", ["fedmpt", "dualcoop", "positive_coop"])
-def test_batched_clients_equal_sequential_clients(tiny_backbone, name):
-    sequential, batched = _train(tiny_backbone, name, 1), _train(tiny_backbone, name, 3)
+@pytest.mark.parametrize("name, options", [
+    ("fedmpt", {}), ("dualcoop", {}), ("positive_coop", {}),
+    ("fedmpt", {"ot_marginals": "patches_to_conditions"}),
+    ("fedmpt", {"class_specific_context": True, "condition_tokens": 2}),
+    ("dualcoop", {"class_specific_context": True}), ("positive_coop", {"class_specific_context": True}),
+    ("dualcoop", {"asl": {"gamma_neg": 2, "gamma_pos": 1}}),
+], ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value)) or "default")
+def test_batched_clients_equal_sequential_clients(tiny_backbone, name, options):
+    sequential, batched = _train(tiny_backbone, name, 1, options), _train(tiny_backbone, name, 3, options)
     for k in range(3):
         for key, value in sequential[k].params.items():
             torch.testing.assert_close(batched[k].params[key], value, atol=1e-5, rtol=1e-5)
