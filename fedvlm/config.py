@@ -414,7 +414,7 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
-        if not isinstance(base, str):
+        if not isinstance(base, str) or "\x00" in base:
             raise ConfigError(f"config file {path}: base: expected the path of another experiment YAML, "
                               f"got {shown(base)}")
         base_path = (path.parent / base).resolve()

@@ -4,12 +4,15 @@ A :class:`UserError` is a mistake in what the user asked for (config, data, path
 its one-line message, exits with status 2 and shows no traceback; nothing on disk is touched.
 
 The message is one line by construction: whatever a message quotes (a value from a YAML file, a
-path with a newline in it, a class name read from a label file) has its line breaks escaped, so
-no input can split the line the CLI prints (docs/RELIABILITY.md, section 6).
+path with a newline in it, a class name read from a label file) has its line breaks and other
+control characters escaped, so no input can split the line the CLI prints or send escape
+sequences to the terminal (docs/RELIABILITY.md, section 6).
 """
 
-# Every character str.splitlines() breaks on; each is written as its escape (\n, \x85, \u2028 ...).
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+# Every character str.splitlines() breaks on and every other control character but the tab,
+# each written as its escape (\n, \x1b, \x85, \u2028 ...).
+_CONTROLS = [chr(c) for c in range(32) if chr(c) != "\t"] + ["\x7f", "\x85", "\u2028", "\u2029"]
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in _CONTROLS}
 _SHOWN_CHARACTERS = 120
 
 
