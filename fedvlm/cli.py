@@ -130,17 +130,22 @@ def _probe_world(args) -> int:
 def _patch(args) -> int:
     from pathlib import Path
 
+    from fedvlm.config import require_writable_outputs
     from fedvlm.patching.pipeline import load_patching_config, run_patching
 
-    results = run_patching(load_patching_config(args.config, args.overrides))
+    config = load_patching_config(args.config, args.overrides)
+    require_writable_outputs(config)
+    results = run_patching(config)
     print((Path(results["run_dir"]) / "results.md").read_text())
     print(f"run folder: {results['run_dir']}")
     return 0
 
 
 def _demo(args) -> int:
-    from fedvlm.demo import run_demo
+    from fedvlm.config import load_config, require_writable_outputs
+    from fedvlm.demo import DEMO_CONFIG, run_demo
 
+    require_writable_outputs(load_config(DEMO_CONFIG, args.overrides))
     run_demo(args.overrides)
     return 0
 
@@ -155,10 +160,12 @@ def _generate(args) -> int:
 
 
 def _run(args) -> int:
-    from fedvlm.config import load_configs
+    from fedvlm.config import load_configs, require_writable_outputs
     from fedvlm.simulation import run
 
     configs = load_configs(args.config, args.overrides)  # every run is validated before the first starts
+    for config in configs:
+        require_writable_outputs(config)
     for number, config in enumerate(configs, start=1):
         if len(configs) > 1:
             swept = " ".join(f"{k}={v}" for k, v in {**config.sweep_values, "seed": config.seed}.items())

@@ -15,7 +15,12 @@ An experiment YAML reads like a paper's settings table::
 ``head``, ``algorithm`` and ``partition`` name a registered component; the remaining keys of the
 section are validated against that component's own ``Config`` model, so a typo in any key is
 caught at load time. Defaults follow the papers' settings. Every validation failure becomes one
-:class:`~fedvlm.errors.ConfigError` line naming the key, the value and what is accepted.
+:class:`~fedvlm.errors.ConfigError` line naming the key, the value and what is accepted. Three
+rules hold for every section, present and future, because they live in the types: a float is
+finite (``.inf`` and ``.nan`` are refused wherever a float is read, :class:`Section`), a seed is an
+integer in [0, 2**32 - 1] (:data:`Seed`), and a key that only acts on another kind of dataset
+(``data.hidden_labels`` on a single-label one) is refused rather than ignored
+(:data:`TASK_SPECIFIC_KEYS`).
 
 A file may start from another with ``base: other.yaml`` (merged key by key, this file winning),
 and the command line overrides any key with ``dotted.key=value`` (value parsed as YAML).
@@ -26,13 +31,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
                       model_validator)
 
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, shown
+from fedvlm.files import read_text, require_writable_folder
 
 
 def _check_run_name(value: str) -> str:
@@ -49,9 +55,36 @@ RunName = Annotated[str, AfterValidator(_check_run_name)]
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated."""
+    """A config section: unknown keys are errors, assignments are validated, no float is infinite
+    or NaN, and no number is a boolean. Both rules reach every field of every subclass (heads',
+    algorithms' and partitions' configs too): ``allow_inf_nan=False`` covers floats inside lists
+    and tuples, and :meth:`_no_boolean_numbers` runs before every field's own validation."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        # pydantic reads true/false as 1/0 for an int or float field; YAML writes yes/no/on/off as
+        # booleans, so `batch_size: yes` would silently train with batches of one.
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and not _accepts(annotation, (bool, Any)):
+            raise ValueError("expected a number, not a boolean" if _accepts(annotation, (int, float))
+                             else "a boolean is not accepted here")
+        return value
+
+
+def _accepts(annotation, types: tuple) -> bool:
+    """Whether ``annotation`` (``int | None``, ``bool | str``, ...) admits one of ``types``."""
+    return annotation in types or any(_accepts(arg, types) for arg in get_args(annotation))
+
+
+# numpy's SeedSequence refuses negative seeds and torch.manual_seed ones past 2**64 - 1; [0, 2**32 - 1]
+# is the range both (and Lightning's seed_everything) accept, so a seed means the same everywhere.
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# AdamW's moment decay rates: beta in [0, 1), the range torch.optim.AdamW accepts.
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ComponentConfig(Section):
@@ -112,7 +145,7 @@ class OptimConfig(Section):
     lr: float = Field(0.001, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     batch_size: int = Field(32, gt=0)
     # The learning-rate schedule (fedvlm.client.optim.learning_rate): its shape, what it runs
     # over, and a linear warm-up. "rounds": one rate per round (cosine over federation.rounds, or
@@ -193,7 +226,7 @@ class LoggingConfig(Section):
 
 class ExperimentConfig(Section):
     name: RunName
-    seed: int = 1
+    seed: Seed = 1
     model: ModelConfig = ModelConfig()
     data: DataConfig
     partition: SerializeAsAny[ComponentConfig] = Field(default_factory=lambda: {"name": "even_per_class"})
@@ -245,8 +278,67 @@ class ExperimentConfig(Section):
         DATASETS.get(value.dataset, key="data.dataset")
         return value
 
+    @model_validator(mode="after")
+    def _keys_apply_to_the_dataset(self):
+        check_task_keys(self)
+        return self
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+# Keys that act on some tasks only (fedvlm.tasks): on a dataset of another task a value other than
+# the default would be ignored in silence (hidden labels need multi-hot rows, few-shot sampling
+# needs one class per image), so it is refused instead.
+TASK_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
+    "data.hidden_labels": ("multilabel",),
+    "data.shots": ("classification", "retrieval"),
+    "eval.threshold": ("multilabel",),
+    "eval.top_k": ("multilabel",),
+    "head.multilabel_loss": ("multilabel",),
+}
+
+
+def check_task_keys(config: "ExperimentConfig") -> None:
+    """Refuse a key that does not act on the dataset's task, and a head whose evaluation output
+    the task cannot score (a retrieval head on a classification dataset), in one line each."""
+    from fedvlm.data.datasets import DATASETS
+    from fedvlm.heads import HEADS
+    from fedvlm.tasks import TASKS
+
+    dataset = config.data.dataset
+    task = DATASETS.get(dataset, key="data.dataset").task
+    for key, tasks in TASK_SPECIFIC_KEYS.items():
+        section_name, field = key.split(".")
+        section = getattr(config, section_name)
+        if task in tasks or field not in type(section).model_fields:
+            continue
+        value, default = getattr(section, field), type(section).model_fields[field].default
+        if value != default:
+            kinds = " or ".join(tasks)
+            raise ConfigError(f"{key}: applies to {kinds} datasets only, and {dataset} is a {task} dataset "
+                              f"(got {shown(value)}); remove it or set {key}={_yaml_scalar(default)}")
+    head = HEADS.get(config.head.name, key="head.name")
+    expects = TASKS.get(task).expects
+    if head.output_kind != expects:
+        raise ConfigError(f"head.name: {config.head.name} returns {head.output_kind}, but {dataset} is a {task} "
+                          f"dataset that scores {expects}; choose a {task} head")
+
+
+def _yaml_scalar(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def require_writable_outputs(config: "ExperimentConfig | Section") -> None:
+    """The folders a run writes can be written: ``logging.results_dir``, and the feature cache
+    when it is on disk or named (checked by the CLI before a run starts, so that a read-only
+    folder is one line, not a traceback after the features were encoded)."""
+    require_writable_folder(config.logging.results_dir, "logging.results_dir")
+    runtime = config.runtime
+    if runtime.cache_dir is not None or runtime.feature_cache == "disk":
+        from fedvlm.backbone.cache import default_cache_dir
+
+        require_writable_folder(default_cache_dir(runtime.cache_dir), "runtime.cache_dir")
 
 
 def _component(section: str, registry, value: Any, attribute: str | None = None):
@@ -254,7 +346,7 @@ def _component(section: str, registry, value: Any, attribute: str | None = None)
     if isinstance(value, ComponentConfig):
         return value
     if not isinstance(value, dict) or "name" not in value:
-        raise ConfigError(f"{section}: expected a mapping with a 'name' key, got {value!r}")
+        raise ConfigError(f"{section}: expected a mapping with a 'name' key, got {shown(value)}")
     entry = registry.get(value["name"], key=f"{section}.name")
     model = getattr(entry, attribute) if attribute else entry
     try:
@@ -286,7 +378,7 @@ def _one_line(error: ValidationError, model: type[BaseModel], prefix: str = "") 
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return f"{key}: {message[0].lower() + message[1:]} (got {first.get('input')!r})"
+    return f"{key}: {message[0].lower() + message[1:]} (got {shown(first.get('input'))})"
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -300,12 +392,15 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected a dotted key such as optim.lr")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an int past Python's digit limit)
             value = raw
         node = result
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: an earlier override set {'.'.join(parts[:depth + 1])} "
+                                  f"to {shown(node)}, which has no keys; give one of the two")
         node[parts[-1]] = value
     return result
 
@@ -353,18 +448,26 @@ def _component_fields(section: str, name: str) -> set[str]:
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read an experiment file, following ``base:`` references (relative to the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; expected an experiment YAML such as experiments/demo.yaml")
+    text = read_text(path, "config file", "an experiment YAML such as experiments/demo.yaml", ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
+        problem = f" ({error.problem})" if getattr(error, "problem", None) else ""
+        raise ConfigError(f"config file {path}: invalid YAML{where}{problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nests deeper than the YAML parser follows") from None
+    except ValueError as error:  # e.g. an integer past Python's 4300-digit limit
+        raise ConfigError(f"config file {path}: a value cannot be read ({error})") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
+        if not isinstance(base, str) or "\x00" in base:
+            raise ConfigError(f"config file {path}: base: expected the path of another experiment YAML, "
+                              f"got {shown(base)}")
         base_path = (path.parent / base).resolve()
         if base_path in _seen:
             raise ConfigError(f"config file {path}: 'base: {base}' refers back to itself")
@@ -379,11 +482,13 @@ def expand_runs(raw: dict) -> list[dict]:
     raw = copy.deepcopy(raw)
     sweep = raw.pop("sweep", None) or {}
     seeds = raw.pop("seeds", None)
-    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
-        raise ConfigError(f"sweep: expected a mapping of dotted keys to non-empty lists, got {sweep!r}")
+    if not isinstance(sweep, dict) or not all(isinstance(k, str) and k and isinstance(v, list) and v
+                                              for k, v in sweep.items()):
+        raise ConfigError(f"sweep: expected a mapping of dotted keys to non-empty lists, got {shown(sweep)}")
     if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
-            raise ConfigError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                               for x in seeds):
+            raise ConfigError(f"seeds: expected a non-empty list of integers, got {shown(seeds)}")
         sweep = {**sweep, "seed": seeds}
     runs = [raw]
     for key, values in sweep.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, shown
 
 T = TypeVar("T")
 
@@ -35,11 +35,14 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str, key: str | None = None) -> T:
-        """The entry called ``name``; ``key`` is the config key reported in the error."""
-        if name not in self._entries:
+        """The entry called ``name``; ``key`` is the config key reported in the error. A name that
+        is not a string (a YAML list or mapping where a name belongs) is refused the same way."""
+        if not isinstance(name, str) or name not in self._entries:
             where = key or self.kind
             accepted = ", ".join(sorted(self._entries))
-            raise ConfigError(f"{where}: unknown {self.kind} {name!r}; expected one of: {accepted}")
+            what = f"unknown {self.kind} {shown(name)}" if isinstance(name, str) else \
+                f"expected a name, got {shown(name)}"
+            raise ConfigError(f"{where}: {what}; expected one of: {accepted}")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -25,7 +25,6 @@ synthetic_scenes    synthetic_scenes/<class>/<image>.png  (made by ``fedvlm gene
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from fedvlm.data.folders import IMAGE_SUFFIXES, scan_image_folder
 from fedvlm.errors import DataError
+from fedvlm.files import read_json, read_lines, read_text
 from fedvlm.registry import Registry
 
 
@@ -120,15 +120,22 @@ def read_flowers102(location: Path, spec: DatasetSpec) -> LabelledImages:
             raise DataError(f"dataset flowers102: {required} is missing; expected {spec.layout}")
     try:
         labels = np.asarray(loadmat(labels_file)["labels"]).ravel().astype(np.int64) - 1
-        names = json.loads(names_file.read_text())
-    except Exception as error:  # a truncated .mat or .json
-        raise DataError(f"dataset flowers102: cannot read {labels_file} or {names_file} ({error})") from None
+    except Exception as error:  # scipy raises many kinds on a truncated or foreign .mat file
+        raise DataError(f"dataset flowers102: cannot read {labels_file} ({error.__class__.__name__}); expected "
+                        f"{spec.layout}") from None
+    names = read_json(names_file, "dataset flowers102: class-name file", '{"1": "pink primrose", ...}')
+    if labels.size == 0 or labels.min() < 0:
+        raise DataError(f"dataset flowers102: {labels_file} holds no labels or a label below 1; expected 1-based labels")
+    count = max(int(labels.max()) + 1, len(names) if isinstance(names, dict) else 0)
+    if not isinstance(names, dict) or any(not isinstance(names.get(str(c + 1)), str) for c in range(count)):
+        raise DataError(f"dataset flowers102: {names_file} does not name every class 1..{count} with a string; "
+                        'expected {"1": "pink primrose", ...}')
     paths = [images / f"image_{i + 1:05d}.jpg" for i in range(len(labels))]
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise DataError(f"dataset flowers102: {missing[0]} is missing ({len(missing)} images listed in "
                         f"{labels_file.name} are absent); expected {spec.layout}")
-    classnames = [names[str(c + 1)] for c in range(len(names))]
+    classnames = [names[str(c + 1)] for c in range(count)]
     return LabelledImages(paths, labels, classnames)
 
 
@@ -139,14 +146,15 @@ def read_fgvc_aircraft(location: Path, spec: DatasetSpec) -> LabelledImages:
     variants_file = data / "variants.txt"
     if not variants_file.exists():
         raise DataError(f"dataset fgvc_aircraft: {variants_file} is missing; expected {spec.layout}")
-    variants = [line.strip() for line in variants_file.read_text().splitlines() if line.strip()]
+    variants = read_lines(variants_file, "dataset fgvc_aircraft: variant list", spec.layout)
     index = {name: i for i, name in enumerate(variants)}
     paths, labels = [], []
     for split_name in ("train", "val", "test"):
         listing = data / f"images_variant_{split_name}.txt"
         if not listing.exists():
             raise DataError(f"dataset fgvc_aircraft: {listing} is missing; expected {spec.layout}")
-        for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        lines = read_text(listing, "dataset fgvc_aircraft: split list", spec.layout).splitlines()
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             image_id, _, variant = line.strip().partition(" ")

@@ -79,10 +79,21 @@ def hide_labels(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int
     return hidden
 
 
-def few_shot(labels: Sequence[int], shots: int, seed: int) -> np.ndarray:
-    """``shots`` random images of every class (all of a class that has fewer)."""
+def few_shot(labels: Sequence[int], shots: int, seed: int, classnames: Sequence[str] | None = None) -> np.ndarray:
+    """``shots`` random images of every class. A class with fewer is an error naming it (by
+    ``classnames[c]`` when given, else its label id) and its count: taking all it has would make
+    an "N-shot" result that is not N-shot, with nothing on screen to say so."""
     labels = np.asarray(labels)
-    chosen = [members[:shots] for members in _class_members(labels, _rng(seed, 0))]
+    members = _class_members(labels, _rng(seed, 0))
+    counts = [len(m) for m in members]
+    short = [c for c, n in enumerate(counts) if n < shots]
+    if short:
+        c = min(short, key=lambda k: (counts[k], k))
+        name = repr(classnames[c]) if classnames is not None else f"with label {c}"
+        raise ConfigError(f"data.shots: {shots} training images per class requested, but class {name} has only "
+                          f"{counts[c]} in the training split ({len(short)} of {len(counts)} classes have fewer "
+                          f"than {shots}); expected data.shots <= {min(counts)} or a larger training split")
+    chosen = [m[:shots] for m in members]
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
 
 

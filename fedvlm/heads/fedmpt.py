@@ -69,7 +69,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from fedvlm.backbone.clip import FrozenCLIP
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, shown
+from fedvlm.files import read_lines
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
 from fedvlm.heads.dualcoop import image_regions, output_scale
 from fedvlm.heads.prompts import PLACEHOLDER, context_init, shared_prefix_length
@@ -92,12 +93,13 @@ def load_conditions(source: str | list[str]) -> list[str]:
             path = CONDITIONS_DIR / f"{source}.txt"
         if not path.is_file():
             shipped = ", ".join(sorted(p.stem for p in CONDITIONS_DIR.glob("*.txt")))
-            raise ConfigError(f"head.conditions: {source!r} is neither a file nor a shipped condition set; "
+            raise ConfigError(f"head.conditions: {shown(source)} is neither a file nor a shipped condition set; "
                               f"expected a path, a list, or one of: {shipped}")
-        lines = [line.strip() for line in path.read_text().splitlines()]
+        lines = read_lines(path, "head.conditions: condition file", "one condition per line ('#' lines are comments)",
+                           ConfigError)
         conditions = [line for line in lines if line and not line.startswith("#")]
     if not conditions:
-        raise ConfigError(f"head.conditions: {source!r} holds no condition")
+        raise ConfigError(f"head.conditions: {shown(source)} holds no condition")
     return conditions
 
 

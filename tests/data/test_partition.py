@@ -3,6 +3,7 @@ import pytest
 
 from fedvlm.data.partition import (client_class_counts, dirichlet, dirichlet_proportions, even_per_class,
                                    few_shot, iid, split)
+from fedvlm.errors import ConfigError
 
 
 def _labels(classes: int, per_class: int) -> np.ndarray:
@@ -103,4 +104,12 @@ def test_few_shot_takes_shots_per_class():
     assert (np.bincount(labels[chosen]) == 8).all()
     assert len(np.unique(chosen)) == 40
     small = np.array([0, 0, 1, 1, 1, 1])
-    assert (np.bincount(small[few_shot(small, 3, seed=0)]) == [2, 3]).all()
+    assert (np.bincount(small[few_shot(small, 2, seed=0)]) == [2, 2]).all()
+
+
+def test_few_shot_refuses_a_class_with_fewer_images_naming_it_and_its_count():
+    small = np.array([0, 0, 1, 1, 1, 1])
+    with pytest.raises(ConfigError, match=r"class 'cat' has only 2 in the training split.*data.shots <= 2"):
+        few_shot(small, 3, seed=0, classnames=["cat", "dog"])
+    with pytest.raises(ConfigError, match="class with label 0 has only 2"):
+        few_shot(small, 3, seed=0)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fedvlm.data.formats.common import CaptionSet
+from fedvlm.data.formats.common import CaptionSet, require_strings
 from fedvlm.errors import DataError
+from fedvlm.files import read_json
 
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
@@ -111,24 +112,27 @@ def read_caption_dataset(root: str | Path, split: str | None = None, image_folde
         images_dir = candidates[0]
     else:
         images_dir = root / image_folder
+    content = read_json(json_path, "caption file", LAYOUT)
     try:
-        with open(json_path) as handle:
-            content = json.load(handle)
         entries = content["images"]
         image_paths, splits, filenames, captions, caption_image = [], [], [], [], []
         for entry in entries:
-            if split is not None and entry["split"] != split:
+            filename, entry_split = require_strings([entry["filename"], entry["split"]], json_path,
+                                                    "images[].filename and images[].split")
+            if split is not None and entry_split != split:
                 continue
             index = len(image_paths)
-            image_paths.append(images_dir / entry["filename"])
-            filenames.append(entry["filename"])
-            splits.append(entry["split"])
-            for sentence in entry["sentences"]:
-                captions.append(sentence["raw"])
-                caption_image.append(index)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{json_path} is not valid JSON ({error}); expected {LAYOUT}") from None
-    except (KeyError, TypeError) as error:
+            image_paths.append(images_dir / filename)
+            filenames.append(filename)
+            splits.append(entry_split)
+            raws = require_strings([sentence["raw"] for sentence in entry["sentences"]], json_path,
+                                   "images[].sentences[].raw")
+            captions.extend(raws)
+            caption_image.extend([index] * len(raws))
+    except KeyError as error:
         raise DataError(f"{json_path} lacks field {error}; expected images[].filename, split and "
                         f"sentences[].raw as in dataset_rsicd.json") from None
+    except TypeError as error:
+        raise DataError(f"{json_path} is not laid out as dataset_rsicd.json ({error}); expected images[].filename, "
+                        f"split and sentences[].raw") from None
     return CaptionSet(image_paths, splits, captions, np.asarray(caption_image, dtype=np.int64), filenames)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fedvlm.data.formats.common import MultiLabelSet, require_file
+from fedvlm.data.formats.common import MultiLabelSet, require_file, require_strings
 from fedvlm.errors import DataError
+from fedvlm.files import read_json
 
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
@@ -89,9 +90,8 @@ def read_coco(root: str | Path, split: str = "train2014") -> MultiLabelSet:
     """
     root = Path(root)
     json_path = require_file(root / "annotations" / f"instances_{split}.json", LAYOUT)
+    content = read_json(json_path, "COCO annotation file", "COCO instances JSON")
     try:
-        with open(json_path) as handle:
-            content = json.load(handle)
         categories = sorted(content["categories"], key=lambda c: c["id"])
         images = content["images"]
         annotations = content["annotations"]
@@ -104,12 +104,14 @@ def read_coco(root: str | Path, split: str = "train2014") -> MultiLabelSet:
                 raise DataError(f"{json_path}: annotation {annotation.get('id')} names image {image} / category "
                                 f"{category}, absent from its images / categories; expected COCO instances JSON")
             labels[row[image], column[category]] = 1.0
-        paths = [root / split / image["file_name"] for image in images]
-        names = [c["name"] for c in categories]
+        files = require_strings([image["file_name"] for image in images], json_path, "images[].file_name")
+        names = require_strings([c["name"] for c in categories], json_path, "categories[].name")
+        paths = [root / split / name for name in files]
         ids = [str(image["id"]) for image in images]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{json_path} is not valid JSON ({error}); expected COCO instances JSON") from None
-    except (KeyError, TypeError) as error:
+    except KeyError as error:
         raise DataError(f"{json_path} lacks COCO field {error}; expected COCO instances JSON with images, "
+                        f"annotations (image_id, category_id) and categories (id, name)") from None
+    except TypeError as error:
+        raise DataError(f"{json_path} is not laid out as COCO instances JSON ({error}); expected images, "
                         f"annotations (image_id, category_id) and categories (id, name)") from None
     return MultiLabelSet(paths, labels, names, ids)

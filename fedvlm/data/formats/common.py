@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fedvlm.errors import DataError
+from fedvlm.errors import DataError, shown
 
 
 @dataclass
@@ -92,6 +92,15 @@ def binary_labels(rows: list, columns: int, where: str) -> np.ndarray:
     if labels is None or not np.isin(labels, (0, 1)).all():
         raise DataError(f"{where} holds a label value that is not 0 or 1")
     return labels
+
+
+def require_strings(values: list, where: Path | str, field: str) -> list[str]:
+    """``values`` read from an annotation file are all text (a number or a list where a file or
+    class name belongs would surface later as a traceback, or as a class called "3")."""
+    for value in values:
+        if not isinstance(value, str):
+            raise DataError(f"{where}: {field} holds {shown(value)}, which is not text; expected a string")
+    return values
 
 
 def require_images(paths: list[Path], where: str, expected: str) -> None:

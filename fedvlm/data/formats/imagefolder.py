@@ -8,6 +8,7 @@ also reads it; ``scan_image_folder`` ignores it (it only lists class sub-folders
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from fedvlm.data.folders import scan_image_folder
 from fedvlm.errors import DataError
+from fedvlm.files import read_text
 
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
@@ -60,11 +62,14 @@ def read_imagefolder(root: str | Path) -> tuple[list[Path], list[int], list[str]
     metadata_path = root / "metadata.csv"
     rows: dict[str, dict] = {}
     if metadata_path.is_file():
-        with open(metadata_path, newline="") as handle:
-            reader = csv.DictReader(handle)
+        expected = f"a CSV whose first column file_name is an image path relative to {root}"
+        text = read_text(metadata_path, "metadata file", expected)
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
             if reader.fieldnames is None or "file_name" not in reader.fieldnames:
-                raise DataError(f"{metadata_path} has no file_name column; expected a CSV whose first column "
-                                f"file_name is an image path relative to {root}")
+                raise DataError(f"{metadata_path} has no file_name column; expected {expected}")
             rows = {row["file_name"]: row for row in reader}
+        except csv.Error as error:
+            raise DataError(f"metadata file {metadata_path} is not a valid CSV file ({error}); expected {expected}") from None
     metadata = [rows.get(path.relative_to(root).as_posix(), {}) for path in paths]
     return paths, labels, class_folders, metadata

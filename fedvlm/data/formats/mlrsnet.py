@@ -22,6 +22,7 @@ from PIL import Image
 
 from fedvlm.data.formats.common import MultiLabelSet, binary_labels, require_images
 from fedvlm.errors import DataError
+from fedvlm.files import read_csv
 
 LAYOUT = "MLRSNet/{labels/<category>.csv, Images/<category>/<image>.jpg}"
 
@@ -42,8 +43,7 @@ def read_mlrsnet(root: str | Path) -> MultiLabelSet:
     names: list[str] | None = None
     paths, rows, image_ids = [], [], []
     for file in files:
-        with open(file, newline="", encoding="utf-8-sig") as handle:
-            table = [row for row in csv.reader(handle) if row]
+        table = read_csv(file, "MLRSNet label file", "a header 'image,<label>,...' and one row per image")
         if not table:
             raise DataError(f"MLRSNet: {file} is empty; expected a header 'image,<label>,...' and one row per image")
         header = [cell.strip() for cell in table[0][1:]]

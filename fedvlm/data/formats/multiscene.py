@@ -23,6 +23,7 @@ from PIL import Image
 
 from fedvlm.data.formats.common import MultiLabelSet, binary_labels, require_file, require_images
 from fedvlm.errors import DataError
+from fedvlm.files import read_csv
 
 LAYOUT = "MultiScene-Clean/{Tra.csv, Test.csv, images/<name>.jpg}"
 SPLITS = {"train": "Tra", "test": "Test"}
@@ -34,8 +35,7 @@ def read_multiscene(root: str | Path, split: str = "train") -> MultiLabelSet:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
     root = Path(root)
     file = require_file(root / f"{SPLITS[split]}.csv", LAYOUT)
-    with open(file, newline="", encoding="utf-8-sig") as handle:
-        table = [row for row in csv.reader(handle) if row]
+    table = read_csv(file, "MultiScene label file", "a header and '<name>,<36 values>' rows")
     if len(table) < 2:
         raise DataError(f"MultiScene: {file} has no image rows; expected a header and '<name>,<36 values>' rows")
     names = [cell.strip() for cell in table[0][1:]]

@@ -22,8 +22,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from fedvlm.data.formats.common import MultispectralSet, require_dir
+from fedvlm.data.formats.common import MultispectralSet, require_dir, require_strings
 from fedvlm.errors import DataError
+from fedvlm.files import read_json
 
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
@@ -204,13 +205,12 @@ def read_bigearthnet(root: str | Path, class_names: list[str] | None = None) -> 
     patch_labels = []
     for folder in folders:
         metadata_path = folder / f"{folder.name}_labels_metadata.json"
-        try:
-            patch_labels.append(list(json.loads(metadata_path.read_text())["labels"]))
-        except FileNotFoundError:
-            raise DataError(f"{metadata_path} does not exist; expected {BIGEARTHNET_LAYOUT}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise DataError(f"{metadata_path} is malformed ({error.__class__.__name__}: {error}); "
-                            f"expected a JSON object with a 'labels' list") from None
+        metadata = read_json(metadata_path, "BigEarthNet labels file", BIGEARTHNET_LAYOUT)
+        labels = metadata.get("labels") if isinstance(metadata, dict) else None
+        if not isinstance(labels, list):
+            raise DataError(f"BigEarthNet labels file {metadata_path} has no 'labels' list; expected a JSON object "
+                            f"with a 'labels' list of CORINE class names")
+        patch_labels.append(require_strings(labels, metadata_path, "labels"))
     names = class_names or sorted({label for labels in patch_labels for label in labels})
     column = {name: i for i, name in enumerate(names)}
     labels = np.zeros((len(folders), len(names)), dtype=np.float32)

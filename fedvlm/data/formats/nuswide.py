@@ -30,6 +30,7 @@ from PIL import Image
 
 from fedvlm.data.formats.common import MultiLabelSet, require_file
 from fedvlm.errors import DataError
+from fedvlm.files import read_lines
 
 LAYOUT = ("NUS-WIDE/{Concepts81.txt, ImageList/{Train,Test}Imagelist.txt, "
           "Groundtruth/TrainTestLabels/Labels_<concept>_{Train,Test}.txt, Flickr/<folder>/<image>.jpg}")
@@ -37,7 +38,7 @@ SPLITS = {"train": "Train", "test": "Test"}
 
 
 def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return read_lines(path, "NUS-WIDE list", LAYOUT)
 
 
 def _labels_folder(root: Path) -> Path:

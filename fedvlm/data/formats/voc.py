@@ -23,6 +23,7 @@ from PIL import Image
 
 from fedvlm.data.formats.common import MultiLabelSet, require_dir, require_file
 from fedvlm.errors import DataError
+from fedvlm.files import read_bytes, read_lines
 
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
@@ -116,15 +117,17 @@ def read_voc2007(root: str | Path, split: str = "trainval", difficult: str = "po
     base = _voc_base(Path(root))
     main = require_dir(base / "ImageSets" / "Main", LAYOUT)
     split_file = require_file(main / f"{split}.txt", LAYOUT)
-    image_ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    image_ids = [line.split()[0] for line in read_lines(split_file, "VOC split list", LAYOUT)]
+    if not image_ids:
+        raise DataError(f"VOC split list {split_file} lists no image; expected one image id per line")
     class_names = voc_class_names(base, split)
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.zeros((len(image_ids), len(class_names)), dtype=np.float32)
     paths = []
     for row, image_id in enumerate(image_ids):
-        xml_path = require_file(base / "Annotations" / f"{image_id}.xml", LAYOUT)
-        try:
-            tree = ET.parse(xml_path).getroot()
+        xml_path = base / "Annotations" / f"{image_id}.xml"
+        try:  # bytes, so that the XML declaration (not a default) says how the text is encoded
+            tree = ET.fromstring(read_bytes(xml_path, "annotation", LAYOUT))
         except ET.ParseError as error:
             raise DataError(f"annotation {xml_path} is not valid XML ({error}); expected the VOC schema") from None
         filename = tree.findtext("filename") or f"{image_id}.jpg"

@@ -25,7 +25,9 @@ from fedvlm.data.formats.voc import VOCWriter
 from fedvlm.data.synthetic.generate import generate
 from fedvlm.data.synthetic.styles import sample_styles
 from fedvlm.data.synthetic.world import WORLD
+from fedvlm.config import SEED_MAX
 from fedvlm.errors import ConfigError, UserError
+from fedvlm.files import require_writable_folder
 
 LAYOUTS = ("imagefolder", "voc2007", "coco", "rsicd", "rsitmd", "eurosat", "bigearthnet")
 LAYOUT_GROUPS = {"captions": ("rsicd", "rsitmd"), "multispectral": ("eurosat", "bigearthnet")}
@@ -79,10 +81,15 @@ def generate_dataset(out_dir: str | Path, layouts=DEFAULT_LAYOUTS, num_images: i
         raise ConfigError(f"num_images must be at least 1, got {num_images}")
     if not 16 <= size <= 1024:
         raise ConfigError(f"size must be between 16 and 1024 pixels, got {size}")
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be between 0 and {SEED_MAX}, got {seed}")
+    if num_styles < 0:
+        raise ConfigError(f"num_styles must be 0 (no styles) or more, got {num_styles}")
     chosen = expand_layouts(layouts)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder")
+    require_writable_folder(out, "output folder")
     existing = [out / name for layout in chosen for name in OUTPUTS[layout] if (out / name).exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) or choose another out_dir")
