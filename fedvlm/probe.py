@@ -113,6 +113,23 @@ def patch_spread(patches: torch.Tensor) -> float:
     return (1 - mean_cos).mean().item()
 
 
+def patch_spread_by_region(patches: torch.Tensor, regions: torch.Tensor) -> tuple[float, float]:
+    """The spread split by what lies under the patches: mean ``1 - cos(p_m, p_m')`` over the ordered
+    pairs m != m' of an image whose region labels are equal, and over those whose labels differ, each
+    pooled over all images' pairs: ``patches [N, M, D]``, ``regions [N, M]`` -> (same, different).
+
+    A backbone whose patches mean what lies under them keeps the second well above the first; noise
+    that is not about the region raises both (why ``patch_spread`` alone can reward unaligned tokens).
+    """
+    unit = F.normalize(patches.double(), dim=-1)
+    distance = 1 - unit @ unit.transpose(1, 2)  # [N, M, M]
+    same = regions[:, :, None] == regions[:, None, :]
+    off_diagonal = ~torch.eye(patches.shape[1], dtype=torch.bool, device=patches.device)
+    pairs_same, pairs_different = same & off_diagonal, ~same
+    mean = lambda mask: distance[mask].mean().item() if mask.any() else float("nan")  # noqa: E731
+    return mean(pairs_same), mean(pairs_different)
+
+
 def mean_patch_pooled_cosine(patches: torch.Tensor, pooled: torch.Tensor) -> float:
     """``cos(mean_m patch_m, pooled)`` averaged over images: ``[N, M, D]``, ``[N, D]`` -> scalar."""
     return F.cosine_similarity(patches.mean(dim=1).double(), pooled.double(), dim=-1).mean().item()
@@ -328,6 +345,8 @@ def measure_scenes(backbone, split: SceneSplit) -> dict:
         patch_majority_rate=majority_rate(truth),
         patch_miou=mean_iou(predicted, truth, len(REGION_NAMES)),
         patch_spread=patch_spread(patches),
+        **dict(zip(("patch_spread_same_region", "patch_spread_different_region"),
+                   patch_spread_by_region(patches, truth))),
         cos_mean_patch_pooled=mean_patch_pooled_cosine(patches, pooled),
         cos_patch_pooled=patch_pooled_cosine(patches, pooled),
     )
@@ -460,6 +479,11 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "retrieval_mR": ("mean of the six recalls", True),
     "patch_spread": ("patch spread: 1 - cos(p_m, p_m') averaged over the pairs of an image's projected patch tokens, "
                      "then over images (0: every patch the same vector)", False),
+    "patch_spread_same_region": ("patch spread over the pairs of an image's patches that lie on the same region "
+                                 "label (two grass patches)", False),
+    "patch_spread_different_region": ("patch spread over the pairs that lie on different region labels (grass and "
+                                      "a road): patches that mean what is under them keep this well above the "
+                                      "same-region spread", False),
     "cos_mean_patch_pooled": ("cos(mean of the projected patch tokens, pooled embedding), averaged over images", False),
     "cos_patch_pooled": ("cos(projected patch token, pooled embedding), averaged over patches and images", False),
 }
@@ -585,6 +609,9 @@ def world_markdown(table: dict, command: str) -> str:
              "multi-label and retrieval scores above chance. Percentages, except the spread and cosine rows (raw "
              "values) and C. A `random` column (random weights) is the floor of every figure; its ratio targets "
              "compare chance with chance and mean nothing.", "",
+             "How the shipped backbones were trained, what these figures mean for the methods, and why the "
+             "spread and positive/negative-pair targets are not met: docs/SYNTHETIC_WORLD.md (\"The tiny CLIP\", "
+             "\"v2 against the targets\").", "",
              "## Targets (issue 12)", "",
              "Each cell: measured value, the threshold it must reach, PASS / FAIL (`-`: not judged: the spread "
              f"target needs `{REFERENCE}` among the probed backbones).", "", header]

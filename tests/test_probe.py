@@ -58,6 +58,17 @@ def test_patch_spread_and_cosines_match_loops():
     assert probe.patch_pooled_cosine(patches, pooled) == pytest.approx(sum(each_cos) / 15, abs=1e-6)
 
 
+def test_patch_spread_by_region_matches_a_loop():
+    patches = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(2))
+    same, different = [], []
+    for image, labels in zip(patches, TRUTH):
+        for a, b in itertools.permutations(range(4), 2):
+            distance = 1 - torch.nn.functional.cosine_similarity(image[a], image[b], dim=0).item()
+            (same if labels[a] == labels[b] else different).append(distance)
+    measured = probe.patch_spread_by_region(patches, TRUTH)
+    assert measured == pytest.approx((sum(same) / len(same), sum(different) / len(different)), abs=1e-6)
+
+
 def test_best_patch_scores_take_each_class_best_patch():
     texts = torch.eye(3)
     patches = torch.tensor([[[1.0, 0, 0], [0, 2.0, 2.0]], [[0, 0, 1.0], [0, 0, 3.0]]])
