@@ -266,7 +266,7 @@ class ExperimentConfig(Section):
     @field_validator("algorithm", mode="before")
     @classmethod
     def _algorithm(cls, value):
-        from fedvlm.server import ALGORITHMS
+        from fedvlm.algorithms import ALGORITHMS
 
         return _component("algorithm", ALGORITHMS, value)
 
@@ -435,7 +435,7 @@ def _component_fields(section: str, name: str) -> set[str]:
 
         model = getattr(HEADS.get(name, key="head.name"), "Config")
     elif section == "algorithm":
-        from fedvlm.server import ALGORITHMS
+        from fedvlm.algorithms import ALGORITHMS
 
         model = ALGORITHMS.get(name, key="algorithm.name")
     else:

@@ -7,7 +7,7 @@ whole run. Each round::
     mine      = this rank's share of them, balanced by sample count
     results   = local training of mine, stacked into slots          (fedvlm.client.training)
     results   = all ranks' results, in client order                 (one all-gather)
-    server    : shared parameters aggregated, private state kept    (fedvlm.server)
+    server    : the algorithm's server step on the shared parameters, private state kept  (fedvlm.algorithms)
     evaluate  : server model on the test split, each client on its own split
     check     : every client's loss and parameters finite         (runtime.on_nonfinite)
     checkpoint, log                                                 (one transaction, tracking/run_folder.py)
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedvlm.algorithms import ClientUpdate, ServerRound, zeros_like_state
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.client.batches import FeatureBatches, PixelBatches
@@ -52,7 +53,6 @@ from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
 from fedvlm.heads import HEADS, Head
 from fedvlm.heads.base import RoundContext
 from fedvlm.ot import MarginalErrorMonitor
-from fedvlm.server import ClientUpdate
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
@@ -106,6 +106,10 @@ class ServerState:
     # the shared parameters each client uploaded in the last round it took part in
     uploads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     communication: dict[str, int] = field(default_factory=lambda: {"uploaded_bytes": 0, "downloaded_bytes": 0})
+    # the algorithm's server state (momentum, moments, SCAFFOLD's c, FedDyn's h), the same on every rank
+    algorithm: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the algorithm's per-client state (SCAFFOLD's c_i, FedDyn's gradient), kept like ``personal``
+    algorithm_clients: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     # every round's metrics line, as metrics.jsonl holds it (JSON types): the checkpoint carries
     # it, so the metrics file and the summary are rebuilt from the state they belong to
     history: list[dict] = field(default_factory=list)
@@ -311,61 +315,74 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
     for first in range(0, len(clients), head.num_slots):
         group = clients[first : first + head.num_slots]
         tasks = [ClientTask(k, federation.train[k], state.client_start(federation, k),
-                            state.optimizer.get(k) if keep_optimizer else None) for k in group]
+                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k))
+                 for k in group]
         results += train_pass(
             head, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
             epochs=config.federation.local_epochs, steps=config.federation.local_steps,
             lr=learning_rate(config, round_index), seed=config.seed, round_index=round_index,
-            penalty=federation.algorithm.local_penalty, global_shared=state.global_shared)
+            algorithm=federation.algorithm, global_shared=state.global_shared, server_state=state.algorithm)
         if progress is not None:
             progress.update(len(group))
     return results
 
 
 def gather_results(fabric, results: list[ClientResult], shards: list[list[int]], params: dict[str, torch.Tensor],
-                   optimizer_state: dict[str, torch.Tensor]) -> list[ClientResult]:
+                   optimizer_state: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None,
+                   algorithm_state: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
     """Every rank's results on every rank, in client order: one all-gather of flat vectors.
 
-    ``params`` and ``optimizer_state`` are example tensors giving the name, shape and dtype of
-    every packed entry (optimizer state is packed only when clients keep it across rounds).
+    ``params``, ``optimizer_state``, ``extras`` and ``algorithm_state`` are example tensors giving
+    the name, shape and dtype of every packed entry (optimizer state is packed only when clients
+    keep it across rounds; the algorithm's entries only for algorithms that have them).
     """
     if fabric.world_size == 1:
         return sorted(results, key=lambda r: r.client)
-    layout = {**{("p", n): t for n, t in params.items()}, **{("o", n): t for n, t in optimizer_state.items()}}
+    layout = {**{("p", n): t for n, t in params.items()}, **{("o", n): t for n, t in optimizer_state.items()},
+              **{("e", n): t for n, t in (extras or {}).items()},
+              **{("a", n): t for n, t in (algorithm_state or {}).items()}}
+    source = {"p": "params", "o": "optimizer_state", "e": "extras", "a": "algorithm_state"}
     size = 4 + sum(t.numel() for t in layout.values())
     local = torch.full((max(len(s) for s in shards), size), -1.0, dtype=torch.float64)
     for i, r in enumerate(results):
-        entries = [(r.params if kind == "p" else r.optimizer_state)[n].flatten().double() for kind, n in layout]
+        entries = [getattr(r, source[kind])[n].flatten().double() for kind, n in layout]
         local[i] = torch.cat([torch.tensor([r.client, r.num_samples, r.steps, r.loss], dtype=torch.float64), *entries])
     gathered = fabric.all_gather(local.to(fabric.device)).cpu().reshape(-1, size)
     everyone = []
     for row in gathered[gathered[:, 0] >= 0]:
-        values, offset = {"p": {}, "o": {}}, 4
+        values, offset = {kind: {} for kind in source}, 4
         for (kind, name), example in layout.items():
             values[kind][name] = row[offset : offset + example.numel()].reshape(example.shape).to(example.dtype)
             offset += example.numel()
         everyone.append(ClientResult(int(row[0]), int(row[1]), values["p"], values["o"] or None, float(row[3]),
-                                     int(row[2])))
+                                     int(row[2]), values["e"], values["a"]))
     return sorted(everyone, key=lambda r: r.client)
 
 
-def apply_round(federation: Federation, state: ServerState, results: list[ClientResult]) -> None:
-    """Server step: aggregate shared parameters, store what clients keep, count the bytes."""
+def apply_round(federation: Federation, state: ServerState, results: list[ClientResult],
+                round_info: ServerRound) -> None:
+    """Server step: the algorithm's server half on the shared parameters, store what clients
+    keep (private parameters, optimizer and algorithm state), count the bytes."""
     shared = federation.head.shared_names()
     personal = federation.personal_names()
+    algorithm = federation.algorithm
     for result in results:
         state.personal[result.client] = {n: result.params[n] for n in personal}
         if federation.config.optim.keep_state and result.optimizer_state is not None:
             state.optimizer[result.client] = result.optimizer_state
-    if federation.algorithm.aggregates and shared and results:
+        if algorithm.client_state:
+            state.algorithm_clients[result.client] = result.algorithm_state
+    if algorithm.aggregates and shared and results:
         # Only shared tensors are put into the updates: the server never sees a private one.
-        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}) for r in results]
+        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras)
+                   for r in results]
         if federation.head.needs_previous_uploads:
             state.uploads.update({u.client: u.shared for u in updates})
-        state.global_shared = federation.algorithm.aggregate(state.global_shared, updates)
+        state.global_shared, state.algorithm = algorithm.server_step(state.global_shared, updates, state.algorithm,
+                                                                     round_info)
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
-        state.communication["uploaded_bytes"] += message * len(results)
-        state.communication["downloaded_bytes"] += message * len(results)
+        state.communication["uploaded_bytes"] += message * (1 + len(algorithm.uploads)) * len(results)
+        state.communication["downloaded_bytes"] += message * (1 + len(algorithm.broadcasts)) * len(results)
 
 
 def nonfinite_clients(results: list[ClientResult]) -> list[int]:
@@ -488,18 +505,24 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     steps_per_round = client_steps(federation)
     head = federation.head
     optimizer = SlotOptimizer(head.trainable(), config.optim) if head.trainable() else None
-    state = ServerState(0, {n: federation.initial[n] for n in head.shared_names()})
+    algorithm = config.algorithm
+    global_shared = {n: federation.initial[n] for n in head.shared_names()}
+    state = ServerState(0, global_shared, algorithm=algorithm.init_server_state(global_shared))
     checkpointed = None  # the round the folder's checkpoint ends with
     if checkpoint is not None:
         state = ServerState(checkpoint["next_round"], checkpoint["global_shared"], checkpoint["personal"],
                             checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"],
-                            checkpoint["history"])
+                            history=checkpoint["history"], algorithm=checkpoint["algorithm_server"],
+                            algorithm_clients=checkpoint["algorithm_clients"])
         checkpointed = state.next_round
         if is_main:  # the lines the checkpoint covers; rounds after it (and a torn line) are redone
             folder.write_metrics(state.history)
     logger = _start_logging(config, folder, federation, resumed_at=checkpointed) if is_main else None
 
     packed_optimizer = optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {}
+    # examples of the algorithm's per-client tensors, for the all-gather's layout
+    packed_extras = zeros_like_state(algorithm.uploads, global_shared)
+    packed_algorithm = zeros_like_state(algorithm.client_state, global_shared)
 
     rounds = config.federation.rounds
     sizes = [len(rows) for rows in federation.train]
@@ -518,17 +541,20 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar) if optimizer else []
-        results = gather_results(fabric, results, shards, federation.initial, packed_optimizer) if optimizer else []
+        results = gather_results(fabric, results, shards, federation.initial, packed_optimizer, packed_extras,
+                                 packed_algorithm) if optimizer else []
         _crash_if_requested("mid_round", round_index + 1)
         kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
                 if checkpointed is not None else "no round was checkpointed yet")
         results, diverged = finite_results(config, results, round_index, kept)
-        apply_round(federation, state, results)
+        round_info = ServerRound(round_index, config.seed, federation.num_clients, len(sampled))
+        apply_round(federation, state, results, round_info)
         state.next_round = round_index + 1
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
         first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
-                   "train/loss": _mean([r.loss for r in results]), **state.communication}
+                   "train/loss": _mean([r.loss for r in results]), **state.communication,
+                   **algorithm.round_metrics(state.algorithm, round_info)}
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
             metrics["train/ot_marginal_error"] = ot_marginal_error
@@ -623,7 +649,8 @@ def _checkpoint(config: ExperimentConfig, federation: Federation, state: ServerS
     return {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "identity": dict(federation.identity),
             "next_round": state.next_round, "global_shared": state.global_shared, "personal": state.personal,
             "optimizer": state.optimizer, "uploads": state.uploads, "communication": dict(state.communication),
-            "history": state.history}
+            "history": state.history, "algorithm_server": state.algorithm,
+            "algorithm_clients": state.algorithm_clients}
 
 
 # Keys that may differ between a run and its resumption (where and how it runs, not what).

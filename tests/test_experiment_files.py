@@ -30,3 +30,13 @@ def test_experiment_file_validates(path):
     runs = load_configs(path)
     assert runs and all(run.head.name in HEADS for run in runs)
     assert len({(run.name, run.seed, repr(run.to_dict())) for run in runs}) == len(runs)  # no duplicate runs
+
+
+def test_the_algorithm_sweep_covers_every_federated_algorithm():
+    from fedvlm.algorithms import ALGORITHMS
+
+    runs = load_configs(EXPERIMENTS / "synthetic" / "algorithms.yaml")
+    swept = {run.algorithm.name for run in runs}
+    registered = {name for name in ALGORITHMS.names() if not name.startswith("test_")} - {"local", "centralized"}
+    assert swept == registered and all(run.head.name == "coop" for run in runs)
+    assert {type(run.algorithm).__name__ for run in runs if run.algorithm.name == "scaffold"} == {"Scaffold"}

@@ -6,16 +6,23 @@ step t every client that still has a batch contributes it; the per-slot losses a
 every active slot. A client's batches come from its own generator, seeded by (seed, round,
 client), so its trajectory does not depend on which other clients share the pass or the process.
 ``runtime.execution: sequential`` is the same code with passes of one client.
+
+The algorithm's client half (:mod:`fedvlm.algorithms.base`) acts at three points: its local
+penalty joins every slot's loss, its gradient correction edits the slot gradients before each
+step, and at the end of the pass it turns each client's trained shared parameters into what the
+client uploads and its new per-client state. That state is stacked into slots ``[S, ...]`` like
+the head's parameters for the pass, and read back per client.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from fedvlm.algorithms import AlgorithmConfig, zeros_like_state
 from fedvlm.client.optim import SlotOptimizer
 from fedvlm.heads.base import Head
 
@@ -26,6 +33,7 @@ class ClientTask:
     indices: np.ndarray  # rows of the feature table this client trains on
     start: dict[str, torch.Tensor]  # every trainable parameter at the start of the round
     optimizer_state: dict[str, torch.Tensor] | None  # None: a fresh optimizer
+    algorithm_state: dict[str, torch.Tensor] | None = None  # the algorithm's per-client state; None: zeros
 
 
 @dataclass
@@ -36,6 +44,8 @@ class ClientResult:
     optimizer_state: dict[str, torch.Tensor] | None
     loss: float  # mean of the client's per-step losses (nan when it trained on nothing)
     steps: int
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # the algorithm's extra uploads
+    algorithm_state: dict[str, torch.Tensor] = field(default_factory=dict)  # its new per-client state
 
 
 def client_generator(seed: int, round_index: int, client: int, stream: int = 0) -> np.random.Generator:
@@ -69,14 +79,15 @@ def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int
 
 def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data, *,
                batch_size: int, epochs: int, steps: int | None, lr: float | Callable[[int, int], float], seed: int,
-               round_index: int, penalty=None, global_shared: dict[str, torch.Tensor] | None = None
-               ) -> list[ClientResult]:
+               round_index: int, algorithm: AlgorithmConfig | None = None,
+               global_shared: dict[str, torch.Tensor] | None = None,
+               server_state: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
     """Train ``tasks`` (at most ``head.num_slots`` clients) for one round, together.
 
     ``lr``: a constant, or ``lr(step, client_steps)``, the rate of a client's local step ``step``
     when it takes ``client_steps`` steps this round (:func:`fedvlm.client.optim.learning_rate`).
-    ``penalty(shared_params, global_shared) -> [S] | None`` adds an algorithm's local term
-    (FedProx's proximal term) to every slot's loss.
+    ``algorithm`` (None: plain local training) supplies the client half, given the round's
+    ``global_shared`` and ``server_state`` (the algorithm's server state, e.g. SCAFFOLD's c).
     """
     assert len(tasks) <= head.num_slots
     device = next(iter(head.trainable().values())).device
@@ -92,6 +103,9 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
     losses = torch.zeros(head.num_slots, dtype=torch.float64)
     params = head.trainable()
     shared_names = head.shared_names()
+    client_state = _stacked_state(algorithm, tasks, {n: params[n].detach()[0] for n in shared_names},
+                                  head.num_slots, device)
+    server_state = server_state or {}
     # [steps, S]: each slot follows its own client's schedule (one transfer per pass, none per step)
     schedule_of = lr if callable(lr) else (lambda step, client_steps: lr)
     rates = torch.tensor([[float(schedule_of(step, len(schedules[slot]))) if slot < len(schedules) else 0.0
@@ -108,21 +122,65 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
         views = np.concatenate([view_streams[slot].integers(num_views, size=len(schedules[slot][step]))
                                 for slot in live]) if num_views else None
         per_slot = head.training_loss(data.batch(rows, slots, views=views))  # [S]
-        if penalty is not None and global_shared is not None:
-            extra = penalty({name: params[name] for name in shared_names}, global_shared)
+        if algorithm is not None and global_shared is not None:
+            extra = algorithm.local_penalty({name: params[name] for name in shared_names}, global_shared,
+                                            client_state, server_state)
             if extra is not None:
                 per_slot = per_slot + extra
         per_slot = per_slot * active  # slots without a batch contribute nothing
         grads = torch.autograd.grad(per_slot.sum(), list(params.values()), allow_unused=True)
         grads = {name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(params.items(), grads)}
+        if algorithm is not None:
+            algorithm.correct_gradients(grads, client_state, server_state)
         optimizer.step(grads, rates[step], active)
         head.after_step(active)
         losses += per_slot.detach().double().cpu()
     head.eval()
+    uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, schedule_of, params, shared_names,
+                                                 client_state, server_state)
     results = []
     for slot, (task, schedule) in enumerate(zip(tasks, schedules)):
+        trained = head.read_slot(slot)
+        trained.update({name: value[slot].detach().clone() for name, value in uploads.items()})
         results.append(ClientResult(
-            client=task.client, num_samples=len(task.indices), params=head.read_slot(slot),
+            client=task.client, num_samples=len(task.indices), params=trained,
             optimizer_state=optimizer.read_slot(slot),
-            loss=float(losses[slot] / len(schedule)) if schedule else float("nan"), steps=len(schedule)))
+            loss=float(losses[slot] / len(schedule)) if schedule else float("nan"), steps=len(schedule),
+            extras={k: v[slot].detach().clone() for k, v in extras.items()},
+            algorithm_state={k: v[slot].detach().clone() for k, v in new_state.items()}))
     return results
+
+
+def _stacked_state(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], shared: dict[str, torch.Tensor],
+                   num_slots: int, device) -> dict[str, torch.Tensor]:
+    """The tasks' per-client algorithm states stacked into slots ``{key: [S, ...]}`` (zeros for a
+    client without one and for empty slots); ``shared`` gives one client's shared parameters."""
+    if algorithm is None or not algorithm.client_state:
+        return {}
+    fresh = zeros_like_state(algorithm.client_state, shared)
+    states = [task.algorithm_state or fresh for task in tasks]
+    return {key: torch.stack([state[key].to(device) for state in states]
+                             + [torch.zeros_like(example, device=device)] * (num_slots - len(tasks)))
+            for key, example in fresh.items()}
+
+
+@torch.no_grad()
+def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], schedules, schedule_of, params,
+                    shared_names: list[str], client_state: dict[str, torch.Tensor],
+                    server_state: dict[str, torch.Tensor]):
+    """The client half's end of the round, over the pass's clients at once: (uploaded shared
+    parameters, extra uploads, new per-client state), each ``{key: [len(tasks), ...]}``. Without
+    an algorithm (or clients) the trained parameters are uploaded as they are."""
+    if algorithm is None or not tasks or not shared_names:
+        return {}, {}, {}
+    count = len(tasks)
+    device = params[shared_names[0]].device
+    start = {n: torch.stack([task.start[n].to(device) for task in tasks]) for n in shared_names}
+    end = {n: params[n].detach()[:count] for n in shared_names}
+    # sum of each client's local rates, in float64 (K * eta_l for a constant rate)
+    lr_sum = torch.tensor([sum(float(schedule_of(step, len(s))) for step in range(len(s))) for s in schedules],
+                          dtype=torch.float64, device=device)
+    state = {k: v[:count] for k, v in client_state.items()}
+    uploads, extras, new_state = algorithm.finish_client(start, end, state, lr_sum, server_state)
+    uploads = {} if uploads is end else uploads  # unchanged: the trained parameters travel as read
+    return uploads, extras, new_state

@@ -38,7 +38,8 @@ import yaml
 
 from fedvlm.errors import ConfigError
 
-CHECKPOINT_FORMAT = 2  # 2: weights_only-safe, with the metrics history and the data/backbone identity
+CHECKPOINT_FORMAT = 3  # 2: weights_only-safe, with the metrics history and the data/backbone identity;
+# 3: + the algorithm's server state and per-client state (fedvlm.algorithms)
 
 
 def new_run_id(seed: int) -> str:
@@ -239,7 +240,8 @@ def read_checkpoint(path: Path) -> dict:
 
 
 _SCHEMA = {"format": int, "config": dict, "identity": dict, "next_round": int, "global_shared": dict,
-           "personal": dict, "optimizer": dict, "uploads": dict, "communication": dict, "history": list}
+           "personal": dict, "optimizer": dict, "uploads": dict, "communication": dict, "history": list,
+           "algorithm_server": dict, "algorithm_clients": dict}
 
 
 def checkpoint_problem(state) -> str | None:
@@ -265,8 +267,8 @@ def checkpoint_problem(state) -> str | None:
                 return f"{where}[{name!r}] is a {type(value).__name__}, not a tensor"
         return None
 
-    problems = [tensors(state["global_shared"], "global_shared")]
-    for section in ("personal", "optimizer", "uploads"):
+    problems = [tensors(state["global_shared"], "global_shared"), tensors(state["algorithm_server"], "algorithm_server")]
+    for section in ("personal", "optimizer", "uploads", "algorithm_clients"):
         for client, entry in state[section].items():
             if not isinstance(client, int):
                 return f"{section} has the key {client!r}, not a client number"

@@ -29,7 +29,7 @@ def _train(backbone, slots, algorithm="fedavg", views=0):
     for first in range(0, 3, slots):
         tasks = [ClientTask(k, shares[k], initial, None) for k in range(first, min(first + slots, 3))]
         results += train_pass(head, optimizer, tasks, _data(backbone, views=views), batch_size=4, epochs=1, steps=None,
-                              lr=0.05, seed=7, round_index=2, penalty=algo.local_penalty, global_shared=initial)
+                              lr=0.05, seed=7, round_index=2, algorithm=algo, global_shared=initial)
     return {r.client: r for r in results}
 
 
@@ -71,6 +71,6 @@ def test_fedprox_pulls_clients_towards_the_global_prompt(tiny_backbone):
         optimizer = SlotOptimizer(head.trainable(), OptimConfig(lr=0.05, batch_size=4))
         (result,) = train_pass(head, optimizer, [ClientTask(0, np.arange(0, 40), start, None)],
                                _data(tiny_backbone), batch_size=4, epochs=2, steps=None, lr=0.05, seed=7,
-                               round_index=0, penalty=prox.local_penalty, global_shared=start)
+                               round_index=0, algorithm=prox, global_shared=start)
         distances[mu] = float((result.params["context"] - start["context"]).norm())
     assert 0 < distances[50.0] < 0.5 * distances[0.0]

@@ -16,7 +16,8 @@ def valid_checkpoint() -> dict:
             "next_round": 1, "global_shared": {"context": torch.zeros(2, 3)},
             "personal": {0: {"local": torch.ones(2)}}, "optimizer": {}, "uploads": {},
             "communication": {"uploaded_bytes": 8, "downloaded_bytes": 8},
-            "history": [{"round": 1, "train/loss": 0.5, "clients/accuracy": [1.0, None]}]}
+            "history": [{"round": 1, "train/loss": 0.5, "clients/accuracy": [1.0, None]}],
+            "algorithm_server": {"control/context": torch.zeros(2, 3)}, "algorithm_clients": {0: {}}}
 
 
 class _WritesAFile:

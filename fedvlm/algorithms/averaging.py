@@ -1,0 +1,27 @@
+"""FedAvg (McMahan et al. 2017) and its two degenerate cases.
+
+``fedavg``       sample-weighted mean of the shared parameters (FedRSCLIP Eq. 2, 6)
+``local``        no aggregation: every client keeps and trains its own copy of everything
+``centralized``  one client holding all training data (the papers' "Centralized" column)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig
+
+
+@ALGORITHMS.register("fedavg")
+class FedAvg(AlgorithmConfig):
+    """Both halves are the defaults: plain local training, the sample-weighted mean."""
+
+
+@ALGORITHMS.register("local")
+class LocalOnly(AlgorithmConfig):
+    aggregates: ClassVar[bool] = False
+
+
+@ALGORITHMS.register("centralized")
+class Centralized(AlgorithmConfig):
+    single_client: ClassVar[bool] = True

@@ -1,0 +1,202 @@
+"""Every algorithm's round loop (train_clients -> apply_round, the functions fedvlm.simulation
+runs) against a plain sequential reference written here: a loop over clients with
+torch.optim.SGD on a quadratic, and each paper's server update written out. The head has a
+shared and a private parameter; the private one must train exactly as without the algorithm."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedvlm.algorithms import ALGORITHMS, ServerRound
+from fedvlm.algorithms.dp_fedavg import epsilon, noise_generator
+from fedvlm.client.batches import FeatureBatches
+from fedvlm.client.optim import SlotOptimizer
+from fedvlm.config import load_config
+from fedvlm.heads.base import Head, slot_mean
+from fedvlm.simulation import Federation, ServerState, apply_round, sample_clients, train_clients
+
+DIM, SIZES, SEED, LR, STEPS, ROUNDS, PARTICIPATION = 5, (7, 3, 5), 4, 0.1, 3, 3, 0.67
+
+
+class QuadraticHead(Head):
+    """Loss of client k: mean_i 0.5 ||w - x_i||^2 + 0.5 ||p - 2 x_i||^2 (w shared, p private)."""
+
+    private = ("p",)
+
+    def __init__(self, num_slots):
+        super().__init__(None, None, [], "", num_slots=num_slots)
+        self.w = self.slot_parameter(torch.zeros(DIM))
+        self.p = self.slot_parameter(torch.zeros(DIM))
+
+    def training_loss(self, batch):
+        rows = 0.5 * (self.w[batch.slot] - batch.image).pow(2).sum(1) \
+            + 0.5 * (self.p[batch.slot] - 2 * batch.image).pow(2).sum(1)
+        return slot_mean(rows, batch.slot, self.num_slots)
+
+
+def _features():
+    return torch.randn(sum(SIZES), DIM, generator=torch.Generator().manual_seed(1)) + torch.arange(DIM)
+
+
+def _shares():
+    edges = np.cumsum((0,) + SIZES)
+    return [np.arange(edges[k], edges[k + 1]) for k in range(len(SIZES))]
+
+
+def _config(algorithm: dict):
+    return load_config(overrides={
+        "name": "quadratic", "seed": SEED, "data": {"dataset": "synthetic_scenes"}, "algorithm": algorithm,
+        "partition": {"name": "iid", "num_clients": len(SIZES)},
+        "federation": {"rounds": ROUNDS, "local_steps": STEPS, "participation": PARTICIPATION},
+        "optim": {"lr": LR, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 64}})
+
+
+def simulate(algorithm: dict, slots: int = 2):
+    """ROUNDS rounds of the real round functions on the quadratic head."""
+    config = _config(algorithm)
+    head = QuadraticHead(slots)
+    data = FeatureBatches(_features(), None, torch.zeros(sum(SIZES), dtype=torch.long), "cpu")
+    federation = Federation(config, None, [], data, np.zeros(sum(SIZES)), _shares(), _shares(), np.arange(1),
+                            None, head, head.read_slot(0))
+    shared = {"w": federation.initial["w"]}
+    state = ServerState(0, shared, algorithm=config.algorithm.init_server_state(shared))
+    optimizer = SlotOptimizer(head.trainable(), config.optim)
+    for round_index in range(ROUNDS):
+        sampled = sample_clients(SEED, round_index, len(SIZES), PARTICIPATION)
+        results = train_clients(federation, state, optimizer, sampled, round_index)
+        apply_round(federation, state, results, ServerRound(round_index, SEED, len(SIZES), len(sampled)))
+        state.next_round = round_index + 1
+    return state, config.algorithm
+
+
+def reference(name: str, settings: dict):
+    """The same rounds written plainly, one client after another."""
+    x = _features()
+    shares = _shares()
+    K = len(SIZES)
+    w_global = torch.zeros(DIM)
+    private = {k: torch.zeros(DIM) for k in range(K)}
+    control = {k: torch.zeros(DIM) for k in range(K)}  # SCAFFOLD c_i
+    gradient = {k: torch.zeros(DIM) for k in range(K)}  # FedDyn grad L_k(theta_k^{t-1})
+    c, h, m, v = torch.zeros(DIM), torch.zeros(DIM), torch.zeros(DIM), None
+    tau = settings.get("tau", 1e-3)
+    v = torch.full((DIM,), tau ** 2)
+    for round_index in range(ROUNDS):
+        sampled = sample_clients(SEED, round_index, K, PARTICIPATION)
+        trained = {}
+        for k in sampled:
+            w = w_global.clone().requires_grad_(True)
+            p = private[k].clone().requires_grad_(True)
+            sgd = torch.optim.SGD([w, p], lr=LR)
+            rows = x[shares[k]]
+            for _ in range(STEPS):
+                sgd.zero_grad()
+                loss = 0.5 * (w - rows).pow(2).sum(1).mean() + 0.5 * (p - 2 * rows).pow(2).sum(1).mean()
+                if name == "fedprox":
+                    loss = loss + settings["mu"] / 2 * (w - w_global).pow(2).sum()
+                if name == "feddyn":
+                    loss = loss - (gradient[k] * w).sum() + settings["alpha"] / 2 * (w - w_global).pow(2).sum()
+                loss.backward()
+                if name == "scaffold":
+                    w.grad += c - control[k]
+                sgd.step()
+            w, private[k] = w.detach(), p.detach()
+            if name == "scaffold":
+                new_control = control[k] - c + (w_global - w) / (STEPS * LR)
+                trained[k] = (w, new_control - control[k])
+                control[k] = new_control
+            elif name == "feddyn":
+                gradient[k] = gradient[k] - settings["alpha"] * (w - w_global)
+                trained[k] = w
+            elif name == "dp_fedavg":
+                delta = w - w_global
+                trained[k] = delta * min(1.0, settings["clip_norm"] / delta.norm().item())
+            else:
+                trained[k] = w
+        weights = {k: SIZES[k] / sum(SIZES[j] for j in sampled) for k in sampled}
+        if name not in ("scaffold",):
+            mean_change = sum(weights[k] * (trained[k] - w_global) for k in sampled)
+        if name in ("fedavg", "fedprox"):
+            w_global = sum(weights[k] * trained[k] for k in sampled)
+        elif name == "fedavgm":
+            m = settings["server_momentum"] * m + mean_change
+            w_global = w_global + settings["server_lr"] * m
+        elif name in ("fedadam", "fedyogi", "fedadagrad"):
+            b1, b2 = 0.9, 0.99
+            m = b1 * m + (1 - b1) * mean_change
+            d2 = mean_change ** 2
+            v = {"fedadam": b2 * v + (1 - b2) * d2, "fedadagrad": v + d2,
+                 "fedyogi": v - (1 - b2) * d2 * torch.sign(v - d2)}[name]
+            w_global = w_global + settings["server_lr"] * m / (v.sqrt() + tau)
+        elif name == "scaffold":
+            dy = sum(trained[k][0] - w_global for k in sampled) / len(sampled)
+            c = c + sum(trained[k][1] for k in sampled) / K
+            w_global = w_global + settings["global_lr"] * dy
+        elif name == "feddyn":
+            alpha = settings["alpha"]
+            h = h - alpha / K * sum(trained[k] - w_global for k in sampled)
+            w_global = sum(trained[k] for k in sampled) / len(sampled) - h / alpha
+        elif name == "dp_fedavg":
+            std = settings["noise_multiplier"] * settings["clip_norm"]
+            noise = torch.normal(0.0, std, (DIM,), generator=noise_generator(SEED, round_index))
+            w_global = w_global + (sum(trained[k] for k in sampled) + noise) / len(sampled)
+    return w_global, private, {"c": c, "h": h, "m": m, "v": v}
+
+
+SETTINGS = {
+    "fedavg": {}, "fedprox": {"mu": 0.5}, "fedavgm": {"server_lr": 0.7, "server_momentum": 0.9},
+    "fedadam": {"server_lr": 0.05, "tau": 1e-2}, "fedyogi": {"server_lr": 0.05, "tau": 1e-2},
+    "fedadagrad": {"server_lr": 0.05, "tau": 1e-2}, "scaffold": {"global_lr": 0.8}, "feddyn": {"alpha": 0.3},
+    "dp_fedavg": {"clip_norm": 0.5, "noise_multiplier": 0.7},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("slots", [1, 2])
+def test_global_parameters_equal_the_plain_reference(name, slots):
+    state, _ = simulate({"name": name, **SETTINGS[name]}, slots)
+    w_global, private, server = reference(name, SETTINGS[name])
+    assert list(state.global_shared) == ["w"]  # the private parameter never enters the aggregate
+    torch.testing.assert_close(state.global_shared["w"], w_global, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(w_global, torch.zeros(DIM))  # training moved it
+    for k, p in state.personal.items():  # trained as plain SGD: no penalty, correction, clipping or noise
+        torch.testing.assert_close(p["p"], private[k], atol=1e-6, rtol=1e-6)
+    assert all(key.endswith("/w") for key in state.algorithm)  # server state over shared names only
+    if name == "scaffold":
+        torch.testing.assert_close(state.algorithm["control/w"], server["c"], atol=1e-6, rtol=1e-6)
+    if name == "feddyn":
+        torch.testing.assert_close(state.algorithm["h/w"], server["h"], atol=1e-6, rtol=1e-6)
+    if name in ("fedadam", "fedyogi", "fedadagrad"):
+        torch.testing.assert_close(state.algorithm["v/w"], server["v"], atol=1e-6, rtol=1e-6)
+
+
+def test_fedavgm_without_momentum_is_fedavg():
+    plain, _ = simulate({"name": "fedavg"})
+    momentum, _ = simulate({"name": "fedavgm", "server_lr": 1.0, "server_momentum": 0.0})
+    torch.testing.assert_close(momentum.global_shared["w"], plain.global_shared["w"], atol=1e-7, rtol=0)
+
+
+def test_dp_fedavg_clips_shared_updates_only_and_its_epsilon_is_the_accountants():
+    from opacus.accountants import RDPAccountant
+
+    state, algorithm = simulate({"name": "dp_fedavg", "clip_norm": 0.5, "noise_multiplier": 0.0})
+    _, private, _ = reference("dp_fedavg", {"clip_norm": 0.5, "noise_multiplier": 0.0})
+    # without noise each round moves w by the mean of updates of norm <= C
+    assert state.global_shared["w"].norm() <= ROUNDS * 0.5 + 1e-6
+    assert all(torch.allclose(state.personal[k]["p"], private[k], atol=1e-6) for k in state.personal)
+    assert max(private[k].norm() for k in private) > 1.0  # the private part moved further than C: not clipped
+    dp = ALGORITHMS.get("dp_fedavg").model_validate({"name": "dp_fedavg", "noise_multiplier": 1.1, "delta": 1e-5})
+    metrics = dp.round_metrics({}, ServerRound(4, SEED, 10, 3))
+    accountant = RDPAccountant()
+    for _ in range(5):
+        accountant.step(noise_multiplier=1.1, sample_rate=0.3)
+    assert metrics["privacy/epsilon"] == accountant.get_epsilon(1e-5) == epsilon(1.1, 0.3, 5, 1e-5)
+    assert metrics["privacy/delta"] == 1e-5
+    assert math.isinf(algorithm.round_metrics({}, ServerRound(0, SEED, 3, 2))["privacy/epsilon"])  # z = 0
+
+
+def test_every_algorithm_is_covered_here():
+    assert set(ALGORITHMS.names()) - {"local", "centralized"} - {n for n in ALGORITHMS.names() if n.startswith("test_")} \
+        <= set(SETTINGS)
