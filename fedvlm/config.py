@@ -296,6 +296,7 @@ TASK_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
     "eval.threshold": ("multilabel",),
     "eval.top_k": ("multilabel",),
     "head.multilabel_loss": ("multilabel",),
+    "head.asl": ("multilabel",),
 }
 
 
@@ -313,11 +314,12 @@ def check_task_keys(config: "ExperimentConfig") -> None:
         section = getattr(config, section_name)
         if task in tasks or field not in type(section).model_fields:
             continue
-        value, default = getattr(section, field), type(section).model_fields[field].default
+        value = getattr(section, field)
+        default = type(section).model_fields[field].get_default(call_default_factory=True)
         if value != default:
             kinds = " or ".join(tasks)
             raise ConfigError(f"{key}: applies to {kinds} datasets only, and {dataset} is a {task} dataset "
-                              f"(got {shown(value)}); remove it or set {key}={_yaml_scalar(default)}")
+                              f"(got {_yaml_scalar(value) if isinstance(value, BaseModel) else shown(value)}); remove it or set {key}={_yaml_scalar(default)}")
     head = HEADS.get(config.head.name, key="head.name")
     expects = TASKS.get(task).expects
     if head.output_kind != expects:
@@ -326,6 +328,8 @@ def check_task_keys(config: "ExperimentConfig") -> None:
 
 
 def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, BaseModel):  # a sub-section (head.asl): as a YAML flow mapping
+        return "{" + ", ".join(f"{k}: {_yaml_scalar(v)}" for k, v in value.model_dump().items()) + "}"
     return "null" if value is None else str(value)
 
 

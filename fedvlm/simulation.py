@@ -127,8 +127,8 @@ class ServerState:
         return federation.head.server_model(federation.initial, self.global_shared)
 
 
-def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None,
+            classnames: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows: the configured fractions (stratified per class for class labels),
     else the dataset's official split, else its default fractions; then few-shot sampling."""
     spec = DATASETS.get(config.data.dataset)
@@ -142,7 +142,7 @@ def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np
     if config.data.shots:
         if labels.ndim != 1:
             raise ConfigError("data.shots: few-shot sampling needs single-label classes; set data.shots=null")
-        train = train[few_shot(labels[train], config.data.shots, config.seed)]
+        train = train[few_shot(labels[train], config.data.shots, config.seed, classnames)]
     return train, test
 
 
@@ -213,7 +213,7 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     dataset = load_dataset(config.data.dataset, config.data.root)
     spec = DATASETS.get(config.data.dataset)
     task = TASKS.get(spec.task)(config.eval.threshold, config.eval.top_k)
-    train, test = _splits(config, dataset.labels, dataset.official_splits)
+    train, test = _splits(config, dataset.labels, dataset.official_splits, dataset.classnames)
     identity = _dataset_identity(config, dataset, train, test)
     _check_identity(expected_identity, identity, "dataset",
                     f"the dataset {config.data.dataset} (its file list, labels or split)")
@@ -343,19 +343,23 @@ def gather_results(fabric, results: list[ClientResult], shards: list[list[int]],
               **{("a", n): t for n, t in (algorithm_state or {}).items()}}
     source = {"p": "params", "o": "optimizer_state", "e": "extras", "a": "algorithm_state"}
     size = 4 + sum(t.numel() for t in layout.values())
-    local = torch.full((max(len(s) for s in shards), size), -1.0, dtype=torch.float64)
+    local = torch.full((max(len(s) for s in shards), size), -1.0, dtype=torch.float64, device=fabric.device)
     for i, r in enumerate(results):
-        entries = [getattr(r, source[kind])[n].flatten().double() for kind, n in layout]
-        local[i] = torch.cat([torch.tensor([r.client, r.num_samples, r.steps, r.loss], dtype=torch.float64), *entries])
-    gathered = fabric.all_gather(local.to(fabric.device)).cpu().reshape(-1, size)
+        entries = [getattr(r, source[kind])[n].flatten().double().to(fabric.device) for kind, n in layout]
+        header = torch.tensor([r.client, r.num_samples, r.steps, r.loss], dtype=torch.float64, device=fabric.device)
+        local[i] = torch.cat([header, *entries])
+    gathered = fabric.all_gather(local).reshape(-1, size)
+    rows = gathered[gathered[:, 0] >= 0].cpu()  # the header numbers are read on the host: one copy per round
+    gathered = gathered[gathered[:, 0] >= 0]
     everyone = []
-    for row in gathered[gathered[:, 0] >= 0]:
+    for row, header in zip(gathered, rows):
         values, offset = {kind: {} for kind in source}, 4
         for (kind, name), example in layout.items():
-            values[kind][name] = row[offset : offset + example.numel()].reshape(example.shape).to(example.dtype)
+            values[kind][name] = row[offset : offset + example.numel()].reshape(example.shape).to(
+                device=example.device, dtype=example.dtype)
             offset += example.numel()
-        everyone.append(ClientResult(int(row[0]), int(row[1]), values["p"], values["o"] or None, float(row[3]),
-                                     int(row[2]), values["e"], values["a"]))
+        everyone.append(ClientResult(int(header[0]), int(header[1]), values["p"], values["o"] or None,
+                                     float(header[3]), int(header[2]), values["e"], values["a"]))
     return sorted(everyone, key=lambda r: r.client)
 
 
@@ -378,11 +382,47 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
                    for r in results]
         if federation.head.needs_previous_uploads:
             state.uploads.update({u.client: u.shared for u in updates})
-        state.global_shared, state.algorithm = algorithm.server_step(state.global_shared, updates, state.algorithm,
-                                                                     round_info)
+        global_shared, server_state = algorithm.server_step(state.global_shared, updates, state.algorithm, round_info)
+        # A server optimiser (momentum, Adam moments, a large server lr) can overflow on finite
+        # client updates; nothing of the round is kept then, so the last checkpoint stays finite.
+        broken = nonfinite_tensors({**global_shared, **server_state})
+        if broken:
+            raise ConfigError(f"round {round_info.index + 1}: the server step of algorithm.name="
+                              f"{federation.config.algorithm.name} made {', '.join(broken[:3])} non-finite; the "
+                              "run stops before saving the round (its last checkpoint is kept); lower the "
+                              "algorithm's server learning rate or momentum")
+        state.global_shared, state.algorithm = global_shared, server_state
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
         state.communication["uploaded_bytes"] += message * (1 + len(algorithm.uploads)) * len(results)
         state.communication["downloaded_bytes"] += message * (1 + len(algorithm.broadcasts)) * len(results)
+
+
+def on_device(value, device):
+    """``value`` with every tensor in it (dicts and lists walked) on ``device``; others as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: on_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_device(v, device) for v in value)
+    return value
+
+
+def nonfinite_tensors(tensors: dict) -> list[str]:
+    """Names of the tensors (nested dicts walked) holding a NaN or infinity; one host sync."""
+    flat = {}
+    stack = [("", tensors)]
+    while stack:
+        prefix, mapping = stack.pop()
+        for name, value in mapping.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{name}/", value))
+            elif isinstance(value, torch.Tensor) and value.is_floating_point():
+                flat[f"{prefix}{name}"] = value
+    if not flat:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for v in flat.values()]).cpu()
+    return [name for name, ok in zip(flat, finite.tolist()) if not ok]
 
 
 def nonfinite_clients(results: list[ClientResult]) -> list[int]:
@@ -491,7 +531,7 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
             folder = _new_run_folder(fabric, config)
         return _run_rounds(fabric, config, federation, folder, checkpoint, started)
     except BaseException:
-        if is_main and folder is not None and checkpoint is None:
+        if is_main and folder is not None and checkpoint is None and not config.resume:
             folder.discard_if_empty()  # failed before its first round: leave no half-made folder
         raise
     finally:
@@ -510,6 +550,7 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     state = ServerState(0, global_shared, algorithm=algorithm.init_server_state(global_shared))
     checkpointed = None  # the round the folder's checkpoint ends with
     if checkpoint is not None:
+        checkpoint = on_device(checkpoint, fabric.device)  # loaded on the CPU; the server step runs here
         state = ServerState(checkpoint["next_round"], checkpoint["global_shared"], checkpoint["personal"],
                             checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"],
                             history=checkpoint["history"], algorithm=checkpoint["algorithm_server"],

@@ -117,3 +117,17 @@ def test_failed_runs_leave_no_half_made_folder(colour_data_root, tmp_path):
     raw = _config(tmp_path / "no_data", results)
     failed = _cli(["run", str(_write(tmp_path / "exp.yaml", raw))])
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and not any(results.rglob("*"))
+
+
+def test_an_overflowing_server_step_stops_and_keeps_the_last_finite_checkpoint(colour_data_root, tmp_path):
+    """Finite client updates, but a server learning rate that overflows (FedAvgM at 1e39): the round
+    is not saved, the error is one line naming the round and the algorithm."""
+    config = load_config(overrides=_config(colour_data_root, tmp_path, federation={"rounds": 3},
+                                           algorithm={"name": "fedavgm", "server_lr": 1e39},
+                                           logging={"wandb": "disabled", "checkpoint_every": 1}))
+    with pytest.raises(ConfigError) as error:
+        run(config)
+    message = str(error.value)
+    assert message.startswith("round 1: the server step of algorithm.name=fedavgm made") and "\n" not in message
+    # nothing of round 1 was recorded, so no half-made run folder is left either
+    assert not (tmp_path / "e2e").exists() or not any((tmp_path / "e2e").rglob("last.pt"))

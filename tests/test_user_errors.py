@@ -61,6 +61,8 @@ CONFIG_CASES = [
                                  "a classification dataset (got 0.5)"),
     (["eval.threshold=0.3"], "eval.threshold: applies to multilabel datasets only"),
     (["eval.top_k=2"], "eval.top_k: applies to multilabel datasets only"),
+    (["head.asl.gamma_neg=2"], "head.asl: applies to multilabel datasets only, and synthetic_scenes is a "
+                               "classification dataset (got {gamma_neg: 2.0, gamma_pos: 0.0, clip: 0.05})"),
     (["head.name=rdb"], "head.name: rdb returns embeddings, but synthetic_scenes is a classification dataset"),
     # non-finite floats, wherever they are
     (["partition.alpha=.inf"], "partition.alpha: input should be a finite number (got inf)"),
@@ -79,7 +81,7 @@ CONFIG_CASES = [
     (["optim.momentum=" + "9" * 5000], "optim.momentum: input should be"),
     (['data.dataset="x\\ny"'], r"data.dataset: unknown dataset 'x\ny'"),  # YAML's "\n": a real newline
     # more shots than a class of the training split holds (18 training images over 3 classes)
-    (["data.shots=7"], "data.shots: 7 training images per class requested, but class with label 0 has only 6 in "
+    (["data.shots=7"], "data.shots: 7 training images per class requested, but class 'blue lake' has only 6 in "
                        "the training split"),
 ]
 

@@ -209,9 +209,10 @@ class RunFolder:
         if not self.path.is_dir() or self.holds_a_record():
             return False
         shutil.rmtree(self.path, ignore_errors=True)
-        parent = self.path.parent  # results/<experiment>/, when this was its only run
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        try:  # results/<experiment>/, when this was its only run; another run may be making its folder
+            self.path.parent.rmdir()
+        except OSError:
+            pass
         return True
 
 
