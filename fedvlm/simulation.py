@@ -349,8 +349,8 @@ def gather_results(fabric, results: list[ClientResult], shards: list[list[int]],
         header = torch.tensor([r.client, r.num_samples, r.steps, r.loss], dtype=torch.float64, device=fabric.device)
         local[i] = torch.cat([header, *entries])
     gathered = fabric.all_gather(local).reshape(-1, size)
-    rows = gathered[gathered[:, 0] >= 0].cpu()  # the header numbers are read on the host: one copy per round
-    gathered = gathered[gathered[:, 0] >= 0]
+    gathered = gathered[gathered[:, 0] >= 0]  # rows of real clients (shorter shards are padded with -1)
+    rows = gathered[:, :4].cpu()  # the header numbers are read on the host: one copy per round
     everyone = []
     for row, header in zip(gathered, rows):
         values, offset = {kind: {} for kind in source}, 4

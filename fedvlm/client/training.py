@@ -100,7 +100,7 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
     num_steps = max((len(s) for s in schedules), default=0)
     num_views = getattr(data, "num_views", 0)
     view_streams = [client_generator(seed, round_index, t.client, stream=1) for t in tasks]
-    losses = torch.zeros(head.num_slots, dtype=torch.float64)
+    losses = torch.zeros(head.num_slots, dtype=torch.float64, device=device)  # read once, after the pass
     params = head.trainable()
     shared_names = head.shared_names()
     client_state = _stacked_state(algorithm, tasks, {n: params[n].detach()[0] for n in shared_names},
@@ -134,8 +134,9 @@ def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], da
             algorithm.correct_gradients(grads, client_state, server_state)
         optimizer.step(grads, rates[step], active)
         head.after_step(active)
-        losses += per_slot.detach().double().cpu()
+        losses += per_slot.detach().double()
     head.eval()
+    losses = losses.cpu()  # the pass's one device-to-host copy of the losses
     uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, schedule_of, params, shared_names,
                                                  client_state, server_state)
     results = []
