@@ -363,7 +363,7 @@ def dual_prompt_logits(backbone, class_names: list[str], pooled: torch.Tensor, p
     positive probability of the softmax over the pair (DualCoOp). The logit is returned: it ranks
     images exactly as the probability does, without float32 saturation ties.
     pooled ``[N, D]``, patches ``[N, M, D]`` -> ``[N, C]``."""
-    from fedvlm.heads.base import Batch
+    from fedvlm.batch import Batch
     from fedvlm.heads.dualcoop import DualCoOpConfig, DualCoOpHead
 
     n_ctx = int(backbone.eot_positions(backbone.tokenize([POSITIVE_CONTEXT]))[0]) - 1

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import torch
 
-from fedvlm.config import ComponentConfig
+from fedvlm.sections import ComponentConfig
 from fedvlm.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fedvlm.errors import DataError
-from fedvlm.heads.base import Batch
+from fedvlm.batch import Batch
 
 
 class FeatureBatches:

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from fedvlm.config import OptimConfig
+from fedvlm.sections import OptimConfig
 from fedvlm.errors import ConfigError
 
 

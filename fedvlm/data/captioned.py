@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvlm.data.datasets import DatasetSpec, LabelledImages
+from fedvlm.data.types import DatasetSpec, LabelledImages
 from fedvlm.errors import DataError
 
 UNLABELLED = "unlabelled"

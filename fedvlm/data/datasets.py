@@ -26,48 +26,15 @@ synthetic_scenes    synthetic_scenes/<class>/<image>.png  (made by ``fedvlm gene
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from fedvlm.data.folders import IMAGE_SUFFIXES, scan_image_folder
+from fedvlm.data.types import DatasetSpec, LabelledImages  # noqa: F401  (re-exported)
 from fedvlm.errors import DataError
 from fedvlm.files import read_json, read_lines, read_text
 from fedvlm.registry import Registry
-
-
-@dataclass(frozen=True)
-class LabelledImages:
-    """Images with labels: ``paths[i]`` has label ``labels[i]`` (``[N]`` class ids) or the
-    multi-hot row ``labels[i]`` (``[N, C]`` in {1, 0, -1}) over ``classnames``."""
-
-    paths: list[Path]
-    labels: np.ndarray
-    classnames: list[str]  # prompt text of every class, in label order
-    # the dataset's own train/test rows when it ships a split (VOC trainval/test, COCO train/val)
-    official_splits: dict[str, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    folder: str  # relative to the data root
-    layout: str  # the expected tree, for docs and error messages
-    read: Callable[[Path, "DatasetSpec"], LabelledImages]
-    default_split: tuple[float, ...] = (0.5, 0.5)
-    template: str = "a photo of a {}."
-    num_classes: int | None = None  # checked when set
-    rename: dict[str, str] = field(default_factory=dict)  # folder name -> prompt text
-    skip: tuple[str, ...] = ()  # class folders that are not classes
-    task: str = "classification"  # how predictions are scored (fedvlm.tasks)
-
-    def classname(self, folder: str) -> str:
-        return self.rename.get(folder, folder.replace("_", " "))
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from fedvlm.data.datasets import DatasetSpec, LabelledImages
+from fedvlm.data.types import DatasetSpec, LabelledImages
 from fedvlm.errors import DataError
 
 COMPOSITE_GAIN = 2.5

@@ -19,7 +19,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 from pydantic import Field
 
-from fedvlm.config import ComponentConfig
+from fedvlm.sections import ComponentConfig
 from fedvlm.errors import ConfigError
 from fedvlm.registry import Registry
 

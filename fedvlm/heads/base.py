@@ -14,7 +14,7 @@ with :meth:`Head.read_slot` / :meth:`Head.write_slot`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,8 @@ from pydantic import Field
 from torch import nn
 
 from fedvlm.backbone.clip import FrozenCLIP
-from fedvlm.config import ComponentConfig, Section
+from fedvlm.batch import Batch, slot_mean  # noqa: F401  (re-exported: heads import them from here)
+from fedvlm.sections import ComponentConfig, Section
 from fedvlm.losses import asymmetric_loss
 
 
@@ -48,31 +49,6 @@ class HeadConfig(ComponentConfig):
     """``head:`` section; each head extends it with its own keys."""
 
     asl: ASLConfig = Field(default_factory=ASLConfig)
-
-
-@dataclass
-class Batch:
-    """A training or evaluation batch of cached features (or pixels for heads that need them)."""
-
-    labels: torch.Tensor  # [B] class indices
-    slot: torch.Tensor  # [B] which client slot each sample belongs to
-    image: torch.Tensor | None = None  # [B, D] pooled image embeddings
-    patches: torch.Tensor | None = None  # [B, M, D] projected patch tokens
-    pixels: torch.Tensor | None = None  # [B, 3, H, W] for heads that run the image encoder
-    extras: dict = field(default_factory=dict)
-
-    def to(self, device) -> "Batch":
-        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return Batch(move(self.labels), move(self.slot), move(self.image), move(self.patches), move(self.pixels),
-                     {k: move(v) for k, v in self.extras.items()})
-
-
-def slot_mean(values: torch.Tensor, slot: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """Mean of per-sample ``values [B]`` within each slot -> ``[S]`` (0 for slots with no sample)."""
-    sums = torch.zeros(num_slots, dtype=values.dtype, device=values.device).index_add(0, slot, values)
-    counts = torch.zeros(num_slots, dtype=values.dtype, device=values.device).index_add(
-        0, slot, torch.ones_like(values))
-    return sums / counts.clamp(min=1)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from fedvlm.config import Section
+from fedvlm.sections import Section
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize, slot_mean
 from fedvlm.heads.registry import HEADS

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from fedvlm.config import Section
+from fedvlm.sections import Section
 from fedvlm.errors import ConfigError
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize, slot_mean
 from fedvlm.retrieval.losses import bidirectional_triplet, consistency, uncertainty_weighted

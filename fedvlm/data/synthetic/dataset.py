@@ -25,7 +25,7 @@ from fedvlm.data.formats.voc import VOCWriter
 from fedvlm.data.synthetic.generate import generate
 from fedvlm.data.synthetic.styles import sample_styles
 from fedvlm.data.synthetic.world import WORLD
-from fedvlm.config import SEED_MAX
+from fedvlm.sections import SEED_MAX
 from fedvlm.errors import ConfigError, UserError
 from fedvlm.files import require_writable_folder
 
