@@ -15,7 +15,8 @@ is a ratio (issue 7):
 * processes: the same federated experiment on 2 processes vs 1 (gloo on CPU);
 * memory: peak memory per stacked client and the clients that fit in 20 GiB (tiny model);
 * shared prefix: the text encoder with the prompts' common prefix run once vs once per class;
-* published style: one local epoch the way published prompt-learning code runs it vs fedvlm.
+* published style: one local epoch the way published prompt-learning code runs it vs fedvlm;
+* algorithms: the round loop under each registered algorithm relative to FedAvg.
 """
 
 from __future__ import annotations
@@ -312,9 +313,45 @@ def _write_scenes(root: Path, classes: int, per_class: int) -> None:
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
 
 
+def algorithms(quick: bool, device: str) -> list[dict]:
+    """The round loop of one experiment (``experiments/bench_processes.yaml``: synthetic scenes, tiny
+    CLIP, CoOp, 20 clients, every client every round) under each registered algorithm, against
+    FedAvg: summary.json's ``rounds_time_s`` (training, the algorithm's client and server halves,
+    aggregation; feature extraction is cached by a warm-up run and not counted). In-process, one
+    run after another; best of two runs per algorithm (one with ``--quick``)."""
+    from fedvlm.algorithms import ALGORITHMS
+    from fedvlm.config import load_config
+    from fedvlm.simulation import run as run_experiment
+
+    names = ["fedavg"] + [name for name in ALGORITHMS.names() if name not in ("fedavg", "centralized")]
+    repeats = 1 if quick else 2
+    rows, times = [], {}
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "data"
+        _write_scenes(data, classes=10, per_class=30 if quick else 100)
+        os.environ["FEDVLM_CACHE"] = f"{folder}/cache"
+        accelerator = "cuda" if device == "cuda" else "cpu"
+
+        def once(name: str, index: int) -> float:
+            config = load_config(ROOT / "experiments" / "bench_processes.yaml", [
+                f"data.root={data}", f"logging.results_dir={folder}/results", f"name=bench_{name}_{index}",
+                f"algorithm.name={name}", "logging.wandb=disabled", "logging.progress=false",
+                f"federation.rounds={2 if quick else 5}", f"runtime.accelerator={accelerator}",
+                "runtime.feature_cache=disk"])
+            return run_experiment(config)["rounds_time_s"]
+
+        once("fedavg", -1)  # warm-up: fills the feature cache, thread pools, token caches
+        for name in names:
+            times[name] = min(once(name, index) for index in range(repeats))
+    for name in names:
+        rows.append({"algorithm": name, "rounds": 2 if quick else 5, "rounds_time_s": times[name],
+                     "relative_to_fedavg": times[name] / times["fedavg"]})
+    return rows
+
+
 BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
               "processes": processes, "memory": memory, "shared_prefix": shared_prefix,
-              "published_style": published_style}
+              "published_style": published_style, "algorithms": algorithms}
 
 
 # --------------------------------------------------------------------------------- report
