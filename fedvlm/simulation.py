@@ -233,8 +233,8 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     identity["backbone"] = backbone.identity()
     _check_identity(expected_identity, identity, "backbone",
                     f"the backbone {config.model.name} ({config.model.pretrained}: weights or preprocessing)")
-    if config.runtime.compile and fabric.device.type == "cuda":
-        backbone.text_tower.transformer = torch.compile(backbone.text_tower.transformer, dynamic=True)
+    if config.runtime.compile:
+        backbone.compile()  # GPU only: a no-op on CPU (FrozenCLIP.compile)
     features = image_features(
         backbone, [dataset.paths[i] for i in used], patches=head_class.needs_patches,
         mode=config.runtime.feature_cache, cache_dir=config.runtime.cache_dir,
