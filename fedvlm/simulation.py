@@ -151,8 +151,6 @@ def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray,
     """Client shares of ``rows`` (dataset rows); ``features`` (pooled, same order as ``rows``)
     for partitions that cluster images instead of reading labels. ``train_features`` marks the
     test split: it is shared out consistently with the train split those features belong to."""
-    if config.algorithm.single_client:
-        return [rows]
     if train_features is None:
         shares = config.partition(labels[rows], config.seed, features=features)
     else:
@@ -217,8 +215,7 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     identity = _dataset_identity(config, dataset, train, test)
     _check_identity(expected_identity, identity, "dataset",
                     f"the dataset {config.data.dataset} (its file list, labels or split)")
-    if not config.algorithm.single_client:
-        config.partition.check(len(train))
+    config.partition.check(len(train))
 
     # Only the images the run uses are encoded; rows are renumbered to the feature table.
     used = np.union1d(train, test)
@@ -733,7 +730,7 @@ def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Fede
     counts = client_class_counts(federation.labels, federation.train, len(federation.classnames))  # [K, C]
     np.savetxt(folder.path / "partition.csv", counts, fmt="%d", delimiter=",",
                header=",".join(federation.classnames), comments="")
-    partition_name = "centralized" if config.algorithm.single_client else config.partition.name
+    partition_name = config.partition.name
     image = partition_heatmap(counts, federation.classnames, folder.path / "partition.png",
                               f"{config.data.dataset}: {partition_name}, {len(counts)} clients (train images)")
     tags = [config.head.name, config.algorithm.name, config.data.dataset, partition_name, f"seed{config.seed}",
