@@ -63,6 +63,11 @@ class ExperimentConfig(Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=(), validate_default=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _centralized_alias(cls, raw):
+        return centralized_alias(raw)
+
     @model_validator(mode="after")
     def _schedule_acts(self):
         self.optim.check_schedule(self.federation.rounds)
@@ -104,6 +109,21 @@ class ExperimentConfig(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+# "Centralized" is one concept, the partition: one client holding every training image, trained
+# with FedAvg (the mean over one client is that client). ``algorithm: centralized``, the older
+# spelling, is kept as a deprecated alias that becomes exactly that, so its experiments give the
+# same numbers (tests/test_config.py); the partition section it would have ignored is replaced.
+CENTRALIZED_ALIAS = "centralized"
+
+
+def centralized_alias(raw: Any) -> Any:
+    """``algorithm: {name: centralized}`` -> ``algorithm: {name: fedavg}``, ``partition: {name: centralized}``."""
+    algorithm = raw.get("algorithm") if isinstance(raw, dict) else None
+    if isinstance(algorithm, dict) and algorithm.get("name") == CENTRALIZED_ALIAS:
+        return {**raw, "algorithm": {**algorithm, "name": "fedavg"}, "partition": {"name": "centralized"}}
+    return raw
 
 
 # Keys that act on some tasks only (fedvlm.tasks): on a dataset of another task a value other than
@@ -233,7 +253,8 @@ def merge(base: dict, update: dict) -> dict:
 
     When a component section (head, algorithm, partition) changes its ``name``, only the keys the
     new component also accepts carry over (``partition.name=even_per_class`` keeps
-    ``num_clients`` and drops Dirichlet's ``alpha``).
+    ``num_clients`` and drops Dirichlet's ``alpha``), less those it fixes (``fixed_keys``:
+    ``partition.name=centralized`` drops ``num_clients``).
     """
     merged = copy.deepcopy(base)
     for key, value in update.items():
@@ -260,12 +281,12 @@ def _component_fields(section: str, name: str) -> set[str]:
     elif section == "algorithm":
         from fedvlm.algorithms import ALGORITHMS
 
-        model = ALGORITHMS.get(name, key="algorithm.name")
+        model = ALGORITHMS.get("fedavg" if name == CENTRALIZED_ALIAS else name, key="algorithm.name")
     else:
         from fedvlm.data.partition import PARTITIONS
 
         model = PARTITIONS.get(name, key="partition.name")
-    return set(model.model_fields)
+    return set(model.model_fields) - set(getattr(model, "fixed_keys", ()))
 
 
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:

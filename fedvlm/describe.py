@@ -35,8 +35,8 @@ def describe(config: ExperimentConfig) -> dict:
     frozen = backbone.num_parameters()
     shared = head.parameters_per_client(head.shared_names())
     private = head.parameters_per_client(head.private_names())
-    aggregates = config.algorithm.aggregates and not config.algorithm.single_client
-    clients = 1 if config.algorithm.single_client else config.partition.num_clients
+    clients = config.partition.num_clients
+    aggregates = config.algorithm.aggregates and config.partition.name != "centralized"  # one client talks to no one
     per_round = max(1, round(config.federation.participation * clients))
     transmitted = shared if aggregates else 0
     return {

@@ -179,7 +179,7 @@ class RuntimeConfig(Section):
     extract_batch_size: int = Field(64, gt=0)
     num_workers: int = Field(0, ge=0)  # image-decoding workers for feature extraction
     ddp_timeout_s: int = Field(1800, gt=0)
-    # torch.compile the frozen text transformer (GPU only: on CPU this is a documented no-op,
+    # torch.compile the frozen text transformer (FrozenCLIP.compile; GPU only: on CPU a documented no-op,
     # compile time there outweighs the gain for the short runs CPUs are used for).
     compile: bool = False
     # Optimal transport heads: warn (once per run) when a round's plans violate their marginals by

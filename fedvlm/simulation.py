@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from fedvlm.algorithms import ClientUpdate, ServerRound, zeros_like_state
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
-from fedvlm.client.batches import FeatureBatches, PixelBatches
 from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
@@ -52,6 +51,8 @@ from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
 from fedvlm.heads import HEADS, Head
 from fedvlm.heads.base import RoundContext
+from fedvlm.inputs.build import batch_source, feature_request
+from fedvlm.inputs.features import FeatureBatches
 from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
@@ -151,8 +152,6 @@ def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray,
     """Client shares of ``rows`` (dataset rows); ``features`` (pooled, same order as ``rows``)
     for partitions that cluster images instead of reading labels. ``train_features`` marks the
     test split: it is shared out consistently with the train split those features belong to."""
-    if config.algorithm.single_client:
-        return [rows]
     if train_features is None:
         shares = config.partition(labels[rows], config.seed, features=features)
     else:
@@ -217,8 +216,7 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     identity = _dataset_identity(config, dataset, train, test)
     _check_identity(expected_identity, identity, "dataset",
                     f"the dataset {config.data.dataset} (its file list, labels or split)")
-    if not config.algorithm.single_client:
-        config.partition.check(len(train))
+    config.partition.check(len(train))
 
     # Only the images the run uses are encoded; rows are renumbered to the feature table.
     used = np.union1d(train, test)
@@ -233,15 +231,14 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     identity["backbone"] = backbone.identity()
     _check_identity(expected_identity, identity, "backbone",
                     f"the backbone {config.model.name} ({config.model.pretrained}: weights or preprocessing)")
-    if config.runtime.compile and fabric.device.type == "cuda":
-        backbone.text_tower.transformer = torch.compile(backbone.text_tower.transformer, dynamic=True)
+    if config.runtime.compile:
+        backbone.compile()  # GPU only: a no-op on CPU (FrozenCLIP.compile)
     features = image_features(
-        backbone, [dataset.paths[i] for i in used], patches=head_class.needs_patches,
+        backbone, [dataset.paths[i] for i in used], **feature_request(head_class, config.data.augment_views),
         mode=config.runtime.feature_cache, cache_dir=config.runtime.cache_dir,
         batch_size=config.runtime.extract_batch_size, num_workers=config.runtime.num_workers,
         device=fabric.device, rank=fabric.global_rank, world_size=fabric.world_size,
-        all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier,
-        views=0 if head_class.needs_pixels else config.data.augment_views)
+        all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier)
 
     train_features = features.pooled[torch.from_numpy(row_of[train])]
     train_shares = _partition(config, dataset.labels, train, train_features)
@@ -252,14 +249,8 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
 
     labels = dataset.labels[used]
     train_labels = hide_labels(labels, row_of[train], config.data.hidden_labels, config.seed)
-    as_tensor = lambda a: torch.from_numpy(a) if a is not None else None  # noqa: E731
-    if head_class.needs_pixels:
-        data = PixelBatches([dataset.paths[i] for i in used], backbone.preprocess, features.pooled,
-                            torch.from_numpy(labels), fabric.device, as_tensor(train_labels))
-    else:
-        data = FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), fabric.device,
-                              as_tensor(train_labels), features.view_pooled, features.view_patches)
-    data = head_class.batch_source(data, dataset, used, backbone, config, fabric)  # e.g. + captions
+    data = batch_source(config, head_class, dataset, used, backbone, features, labels, train_labels,
+                        fabric.device, rank=fabric.global_rank, barrier=fabric.barrier)
     template = config.data.template or spec.template
     slots = num_slots(config, len(train_shares), fabric.world_size)
     head = head_class(config.head, backbone, dataset.classnames, template, num_slots=slots, seed=config.seed)
@@ -733,7 +724,7 @@ def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Fede
     counts = client_class_counts(federation.labels, federation.train, len(federation.classnames))  # [K, C]
     np.savetxt(folder.path / "partition.csv", counts, fmt="%d", delimiter=",",
                header=",".join(federation.classnames), comments="")
-    partition_name = "centralized" if config.algorithm.single_client else config.partition.name
+    partition_name = config.partition.name
     image = partition_heatmap(counts, federation.classnames, folder.path / "partition.png",
                               f"{config.data.dataset}: {partition_name}, {len(counts)} clients (train images)")
     tags = [config.head.name, config.algorithm.name, config.data.dataset, partition_name, f"seed{config.seed}",

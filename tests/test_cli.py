@@ -30,8 +30,8 @@ CASES = [
     (["optim.lrr=0.1"], "optim.lrr: unknown key; expected one of: name, lr,"),
     (["bogus=1"], "bogus: unknown key"),
     (["head.name=nosuchhead"], "head.name: unknown head 'nosuchhead'; expected one of:"),
-    (["algorithm.name=fedsgd"], "algorithm.name: unknown algorithm 'fedsgd'; expected one of: centralized, "
-                                "dp_fedavg, fedadagrad, fedadam, fedavg"),
+    (["algorithm.name=fedsgd"], "algorithm.name: unknown algorithm 'fedsgd'; expected one of: dp_fedavg, "
+                                "fedadagrad, fedadam, fedavg"),
     (["data.dataset=imagenet"], "data.dataset: unknown dataset 'imagenet'; expected one of:"),
     (["partition.name=shards"], "partition.name: unknown partition 'shards'; expected one of:"),
     (["partition.alpha=0"], "partition.alpha: input should be greater than 0 (got 0)"),

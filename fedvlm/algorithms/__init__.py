@@ -8,10 +8,10 @@ an algorithm: not its penalty, its gradient correction, its clipping, its noise 
 
 from fedvlm.algorithms.base import (ALGORITHMS, AlgorithmConfig, ClientUpdate, ServerRound, fedavg, flat_norm,
                                     uniform_mean, zeros_like_state)
-from fedvlm.algorithms.averaging import Centralized, FedAvg, LocalOnly
+from fedvlm.algorithms.averaging import FedAvg, LocalOnly
 from fedvlm.algorithms.fedprox import FedProx
 
-__all__ = ["ALGORITHMS", "AlgorithmConfig", "Centralized", "ClientUpdate", "FedAvg", "FedProx", "LocalOnly",
+__all__ = ["ALGORITHMS", "AlgorithmConfig", "ClientUpdate", "FedAvg", "FedProx", "LocalOnly",
            "ServerRound", "fedavg", "flat_norm", "uniform_mean", "zeros_like_state"]
 
 # one import per algorithm file: importing registers it

@@ -1,8 +1,10 @@
-"""FedAvg (McMahan et al. 2017) and its two degenerate cases.
+"""FedAvg (McMahan et al. 2017) and its degenerate case without aggregation.
 
 ``fedavg``       sample-weighted mean of the shared parameters (FedRSCLIP Eq. 2, 6)
 ``local``        no aggregation: every client keeps and trains its own copy of everything
-``centralized``  one client holding all training data (the papers' "Centralized" column)
+
+The papers' "Centralized" column is FedAvg over one client holding all training data:
+``partition: centralized`` (``algorithm: centralized`` is a deprecated alias for it, fedvlm.config).
 """
 
 from __future__ import annotations
@@ -21,7 +23,3 @@ class FedAvg(AlgorithmConfig):
 class LocalOnly(AlgorithmConfig):
     aggregates: ClassVar[bool] = False
 
-
-@ALGORITHMS.register("centralized")
-class Centralized(AlgorithmConfig):
-    single_client: ClassVar[bool] = True

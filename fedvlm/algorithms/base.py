@@ -78,7 +78,6 @@ class AlgorithmConfig(ComponentConfig):
     """``algorithm:`` section; the object also implements the algorithm (both halves)."""
 
     aggregates: ClassVar[bool] = True  # False: shared parameters stay with each client
-    single_client: ClassVar[bool] = False  # True: all training data on one client
     client_state: ClassVar[tuple[str, ...]] = ()  # per-client state kinds, kept across rounds
     uploads: ClassVar[tuple[str, ...]] = ()  # extra upload kinds (each the size of the shared state)
     broadcasts: ClassVar[tuple[str, ...]] = ()  # extra download kinds (SCAFFOLD's server control)

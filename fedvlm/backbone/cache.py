@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.errors import DataError
+from fedvlm.paths import cache_root
 
 
 @dataclass
@@ -77,8 +78,8 @@ def augmentation(backbone: FrozenCLIP):
 _MEMORY: dict[str, FeatureTable] = {}
 
 
-def default_cache_dir(configured: str | None = None) -> Path:
-    return Path(configured or os.environ.get("FEDVLM_CACHE") or Path.home() / ".cache" / "fedvlm")
+# The cache root, fedvlm.paths.cache_root, under its old name (text_cache, config and probe import it from here).
+default_cache_dir = cache_root
 
 
 def cache_key(backbone: FrozenCLIP, paths: list[Path], patches: bool, views: int = 0) -> str:

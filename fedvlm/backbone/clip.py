@@ -251,6 +251,28 @@ class FrozenCLIP(nn.Module):
         super().train(False)
         return self
 
+    def compile(self, *, dynamic: bool = True, backend: str = "inductor", on_cpu: bool = False) -> "FrozenCLIP":
+        """``torch.compile`` the frozen text transformer in place (``runtime.compile``); returns self.
+
+        The text transformer is what every prompt head runs each step (the image side is cached);
+        ``dynamic=True`` because prompt lengths are trimmed to the batch's longest EOT, so the
+        sequence length changes between calls. The module is compiled in place
+        (:meth:`torch.nn.Module.compile`): its parameters, state-dict keys, ``resblocks`` (read
+        by the shared-prefix and deep-prompt paths, which stay eager) and :meth:`identity` are
+        unchanged. On a CPU backbone this is a no-op unless ``on_cpu``: compile time there
+        outweighs the gain for the short runs CPUs are used for. Compiling twice is a no-op.
+        """
+        transformer = self.text_tower.transformer
+        on_gpu = self.text_tower.token_embedding.weight.device.type == "cuda"
+        if (on_gpu or on_cpu) and not self.compiled:
+            transformer.compile(dynamic=dynamic, backend=backend)
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the text transformer runs compiled."""
+        return getattr(self.text_tower.transformer, "_compiled_call_impl", None) is not None
+
     # ---------------------------------------------------------------- identity (cache keys)
 
     def identity(self) -> str:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvlm.paths import cache_root
+
 TINY_MODEL_NAME = "fedvlm-tiny"
 TINY_IMAGE_SIZE = 64
 ZERO_SHOT_TEMPLATE = "an aerial photo of a {}."
@@ -77,7 +79,7 @@ def register_model_configs() -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FEDVLM_CACHE", Path.home() / ".cache" / "fedvlm"))
+    return cache_root()
 
 
 def tiny_checkpoint_path(build_if_missing: bool = True, recipe: str = "v2") -> Path:

@@ -25,7 +25,6 @@ synthetic_scenes    synthetic_scenes/<class>/<image>.png  (made by ``fedvlm gene
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,11 @@ from fedvlm.data.folders import IMAGE_SUFFIXES, scan_image_folder
 from fedvlm.data.types import DatasetSpec, LabelledImages  # noqa: F401  (re-exported)
 from fedvlm.errors import DataError
 from fedvlm.files import read_json, read_lines, read_text
+from fedvlm.paths import data_root  # noqa: F401  (re-exported: callers import it from here)
 from fedvlm.registry import Registry
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
-
-
-def data_root(configured: str | None = None) -> Path:
-    return Path(configured or os.environ.get("FEDVLM_DATA") or "data")
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> LabelledImages:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from fedvlm.data.types import DatasetSpec, LabelledImages
 from fedvlm.errors import DataError
+from fedvlm.paths import cache_root
 
 COMPOSITE_GAIN = 2.5
 RGB_BANDS = ("B04", "B03", "B02")
@@ -62,12 +63,11 @@ def rgb_composite(bands: np.ndarray, band_names: list[str], gain: float = COMPOS
 def composite_paths(band_paths: list[Path], band_names: list[str], loader, cache_dir: str | Path | None = None
                     ) -> list[Path]:
     """RGB composites of every band file, written once under ``<cache>/composites/<key>/``."""
-    from fedvlm.backbone.cache import default_cache_dir
 
     digest = hashlib.sha256(f"gain={COMPOSITE_GAIN}|v1".encode())
     for path in band_paths:
         digest.update(f"{Path(path).resolve()}\n".encode())
-    folder = default_cache_dir(str(cache_dir) if cache_dir else None) / "composites" / digest.hexdigest()[:24]
+    folder = cache_root(cache_dir) / "composites" / digest.hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, band_path in enumerate(band_paths):

@@ -201,9 +201,12 @@ class IID(PartitionConfig):
 
 @PARTITIONS.register("centralized")
 class Centralized(PartitionConfig):
-    """One client holding all the data: the papers' "Centralized" column."""
+    """One client holding all the data: the papers' "Centralized" column (trained with FedAvg, the
+    mean over one client being that client; ``algorithm: centralized`` is an alias, fedvlm.config)."""
 
     num_clients: int = Field(1, ge=1, le=1)
+    # a renamed section (partition.name=centralized) does not carry num_clients over: it is fixed at 1
+    fixed_keys: ClassVar[tuple[str, ...]] = ("num_clients",)
 
     def __call__(self, labels, seed, features=None):
         return [np.arange(len(labels))]

@@ -15,6 +15,7 @@ with :meth:`Head.read_slot` / :meth:`Head.write_slot`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,16 @@ class Head(nn.Module):
 
     Config: type[HeadConfig] = HeadConfig
     private: tuple[str, ...] = ()  # names of parameters that never leave the client
-    needs_patches: bool = False  # batches must carry patch tokens
-    needs_pixels: bool = False  # the head runs the image encoder itself (no feature cache)
+    # What the head's batches must carry; fedvlm.inputs.build turns this into the batch source:
+    #   "image"             batch.image [B, D], the cached pooled image embeddings
+    #   "patches"           batch.patches [B, M, D], the cached projected patch tokens
+    #   "pixels"            batch.pixels [B, 3, H, W]: the head runs the image encoder itself (no
+    #                       augmented views; batch.image still holds the cached pooled features)
+    #   "captions"          each image's captions, batch.extras["caption_*"] (fedvlm.inputs.captions)
+    #   "caption_tokens"    + their token features and sentence structure (hierarchical attention)
+    #   "caption_token_ids" + their token ids (heads that run the text tower themselves)
+    #   "bands"             batch.extras["bands"], multispectral bands (fedvlm.inputs.bands)
+    inputs: ClassVar[frozenset[str]] = frozenset({"image"})
     # begin_round's context.previous_uploads is filled only for heads that read it (FedRSCLIP's
     # DPAC): keeping every client's upload costs K copies of the shared state (86 M x K for the
     # full-model baseline).
@@ -154,12 +163,10 @@ class Head(nn.Module):
         return (len(self.classnames),)
 
     @classmethod
-    def batch_source(cls, data, dataset, rows, backbone, config, fabric):
-        """The batch source this head trains and is evaluated on. ``data`` serves the run's image
-        rows (cached features, or pixels for ``needs_pixels`` heads); ``rows`` are their dataset
-        rows. A head that reads more than images wraps it here (retrieval heads add each image's
-        captions, the multispectral student its bands)."""
-        return data
+    def input_options(cls, config: HeadConfig) -> dict[str, dict[str, Any]]:
+        """Settings of declared inputs that come from the head's own config section, by input
+        name (none by default; the multispectral student's band count and size)."""
+        return {}
 
     def server_model(self, initial: dict[str, torch.Tensor], global_shared: dict[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor]:

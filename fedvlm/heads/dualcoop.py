@@ -88,7 +88,7 @@ class DualCoOpConfig(HeadConfig):
 @HEADS.register("dualcoop")
 class DualCoOpHead(Head):
     Config = DualCoOpConfig
-    needs_patches = True
+    inputs = frozenset({"image", "patches"})
 
     def __init__(self, config: DualCoOpConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

@@ -311,7 +311,7 @@ class FedMPTConfig(HeadConfig):
 @HEADS.register("fedmpt")
 class FedMPTHead(Head):
     Config = FedMPTConfig
-    needs_patches = True
+    inputs = frozenset({"image", "patches"})
 
     def __init__(self, config: FedMPTConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

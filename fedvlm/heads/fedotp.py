@@ -77,7 +77,7 @@ def transport_similarity(patches: torch.Tensor, prompts: torch.Tensor, *, partia
 class FedOTPHead(Head):
     Config = FedOTPConfig
     private = ("local_context",)
-    needs_patches = True
+    inputs = frozenset({"image", "patches"})
 
     def __init__(self, config: FedOTPConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

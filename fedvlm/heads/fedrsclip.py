@@ -97,7 +97,7 @@ def alignment_loss(private: torch.Tensor, shared: torch.Tensor, others: torch.Te
 @HEADS.register("fedrsclip")
 class FedRSCLIPHead(Head):
     Config = FedRSCLIPConfig
-    needs_patches = True
+    inputs = frozenset({"image", "patches"})
     needs_previous_uploads = True
 
     def __init__(self, config: FedRSCLIPConfig, backbone, classnames, template, num_slots=1, seed=0):

@@ -13,7 +13,7 @@ Nothing is private.
 N(0, 1/D), b = 0) or ``zeroshot`` (W = CLIP's normalised class-prompt features, b = 0, so round 0
 is zero-shot CLIP).
 
-The head runs the image encoder itself on pixels (``needs_pixels``), one slot's copy of the
+The head runs the image encoder itself on pixels (``inputs = {"pixels"}``), one slot's copy of the
 encoder at a time (``torch.func.functional_call``): a slot holds a whole encoder, so use
 ``runtime.clients_per_pass: 1`` (S copies of 86 M parameters and their optimizer state
 otherwise).
@@ -38,7 +38,7 @@ class FullModelConfig(HeadConfig):
 @HEADS.register("full_model")
 class FullModelHead(Head):
     Config = FullModelConfig
-    needs_pixels = True
+    inputs = frozenset({"pixels"})
 
     def __init__(self, config: FullModelConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

@@ -6,7 +6,7 @@ layer's own learnable prompts (J = ``prompt_depth``). Vision side: the prompts o
 text prompts of layer j through the coupling function F_j = Linear(d_t -> d_v); layer 0's are
 appended to the patch tokens, layers 1 .. J-1 replace them (REFERENCE-NOTES item 6). Logits are
 logit_scale * cos(image, text_c) with both encoders prompted, so the image encoder runs on pixels
-(``needs_pixels``): every sample's vision prompts are its own slot's, gathered, and the encoder
+(``inputs = {"pixels"}``): every sample's vision prompts are its own slot's, gathered, and the encoder
 runs once on the stacked batch.
 
 Federated (the "MaPLe" rows of the OTDPP and FedMPT tables), every parameter is shared: on
@@ -79,7 +79,7 @@ def visual_width(backbone: FrozenCLIP) -> int:
 @HEADS.register("maple")
 class MaPLeHead(Head):
     Config = MaPLeConfig
-    needs_pixels = True
+    inputs = frozenset({"pixels"})
 
     def __init__(self, config: MaPLeConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

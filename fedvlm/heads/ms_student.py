@@ -79,6 +79,7 @@ def create_student(config: StudentConfig) -> nn.Module:
 @HEADS.register("ms_student")
 class MSStudentHead(Head):
     Config = MSStudentConfig
+    inputs = frozenset({"image", "bands"})  # image: the teacher embeddings E_i
 
     def __init__(self, config: MSStudentConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)
@@ -126,15 +127,6 @@ class MSStudentHead(Head):
         return slot_mean(per_sample, batch.slot, self.num_slots)
 
     @classmethod
-    def batch_source(cls, data, dataset, rows, backbone, config, fabric):
-        from fedvlm.data.multispectral import MultispectralImages
-        from fedvlm.patching.batches import BandBatches
-
-        if not isinstance(dataset, MultispectralImages):
-            raise ConfigError(f"data.dataset: {config.data.dataset} has no multispectral bands; the ms_student "
-                              "head needs one (eurosat_ms, bigearthnet, bigearthnet19, synthetic_eurosat_ms, "
-                              "synthetic_bigearthnet)")
-        if len(dataset.band_names) != config.head.student.in_channels:
-            raise ConfigError(f"head.student.in_channels: {config.head.student.in_channels}, but "
-                              f"{config.data.dataset} has {len(dataset.band_names)} bands")
-        return BandBatches(data, dataset, rows, config.head.student.image_size, fabric.device)
+    def input_options(cls, config: MSStudentConfig) -> dict:
+        return {"bands": {"channels": config.student.in_channels, "size": config.student.image_size,
+                          "channels_key": "head.student.in_channels"}}

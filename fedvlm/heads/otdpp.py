@@ -82,7 +82,7 @@ class OTDPPConfig(HeadConfig):
 @HEADS.register("otdpp")
 class OTDPPHead(Head):
     Config = OTDPPConfig
-    needs_pixels = True
+    inputs = frozenset({"pixels"})
 
     def __init__(self, config: OTDPPConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

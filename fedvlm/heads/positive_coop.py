@@ -39,7 +39,7 @@ class PositiveCoOpConfig(HeadConfig):
 @HEADS.register("positive_coop")
 class PositiveCoOpHead(Head):
     Config = PositiveCoOpConfig
-    needs_patches = True
+    inputs = frozenset({"image", "patches"})
 
     def __init__(self, config: PositiveCoOpConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

@@ -69,16 +69,15 @@ class RDBConfig(RetrievalHeadConfig):
 @HEADS.register("rdb")
 class RDBHead(RetrievalHead):
     Config = RDBConfig
-    needs_patches = True
-    needs_text_tokens = True
+    inputs = frozenset({"image", "patches", "captions", "caption_tokens"})
 
     def __init__(self, config: RDBConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)
         dim, r = backbone.embed_dim, config.bottleneck
         self.options = config
-        if config.image_branch == "differential_attention" and not self.needs_patches:
+        if config.image_branch == "differential_attention" and "patches" not in self.inputs:
             raise ConfigError(f"head.image_branch: {config.name} is registered without patch tokens; use head rdb")
-        if config.text_branch == "hierarchical_attention" and not self.needs_text_tokens:
+        if config.text_branch == "hierarchical_attention" and "caption_tokens" not in self.inputs:
             raise ConfigError(f"head.text_branch: {config.name} is registered without token features; use head rdb")
         self._linear("image_down", dim, r)
         self._linear("text_down", dim, r)
@@ -217,5 +216,4 @@ class CrossModalAdapterHead(RDBHead):
     with the triplet loss alone. Setting both branches back to attention gives RDB's CMAA."""
 
     Config = CrossModalAdapterConfig
-    needs_patches = False
-    needs_text_tokens = False
+    inputs = frozenset({"image", "captions"})

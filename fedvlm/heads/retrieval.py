@@ -1,4 +1,4 @@
-"""What every image-text retrieval head shares: caption batches, evaluation output, and RDB's
+"""What every image-text retrieval head shares: the caption inputs it declares, evaluation output, and RDB's
 Dual-Task Consistency Loss (DTCL, papers/rdb_retrieval.txt Sec. 3.3) with every term switchable.
 
 A retrieval head embeds images and captions into the joint space; subclasses implement
@@ -30,7 +30,7 @@ The sigma_i describe a client's own loss scales and stay private; everything els
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -65,8 +65,7 @@ class RetrievalHead(Head):
     Config = RetrievalHeadConfig
     output_kind = "embeddings"
     private = ("loss_sigma",)
-    needs_text_tokens: ClassVar[bool] = False  # batches carry token features and sentence structure
-    needs_text_ids: ClassVar[bool] = False  # batches carry caption token ids (text-tower fine-tuning)
+    inputs = frozenset({"image", "captions"})  # + "caption_tokens" / "caption_token_ids" where read
 
     def __init__(self, config: RetrievalHeadConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)
@@ -220,25 +219,3 @@ class RetrievalHead(Head):
             draw = torch.rand((len(rows), *x.shape[1:]), generator=generator).to(x.device)
             keep[rows] = (draw >= rate).to(x.dtype)
         return x * keep / (1 - rate)
-
-    @classmethod
-    def batch_source(cls, data, dataset, rows, backbone, config, fabric):
-        from fedvlm.backbone.text_cache import caption_features
-        from fedvlm.data.captioned import CaptionedImages
-        from fedvlm.retrieval.batches import CaptionBatches, sentence_end_ids
-
-        if not isinstance(dataset, CaptionedImages):
-            raise ConfigError(f"data.dataset: {config.data.dataset} has no captions; retrieval heads need a caption "
-                              "dataset (rsicd, rsitmd, synthetic_rsicd, synthetic_rsitmd)")
-        if config.data.augment_views:
-            raise ConfigError("data.augment_views: retrieval heads draw captions, not augmented image views; set 0")
-        per_image = dataset.captions_of()
-        used = [per_image[r] for r in rows]  # caption indices of each table row, into dataset.captions
-        order = np.concatenate(used) if used else np.zeros(0, dtype=np.int64)
-        texts = [dataset.captions[i] for i in order]
-        features = caption_features(backbone, texts, tokens=cls.needs_text_tokens, mode=config.runtime.feature_cache,
-                                    cache_dir=config.runtime.cache_dir, rank=fabric.global_rank, barrier=fabric.barrier)
-        bounds = np.cumsum([0] + [len(u) for u in used])
-        captions_of = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(used))]
-        return CaptionBatches(data, features, captions_of, fabric.device, tokens=cls.needs_text_tokens,
-                              token_ids=cls.needs_text_ids, end_ids=sentence_end_ids(backbone))

@@ -2,7 +2,7 @@
 
 Every client fine-tunes CLIP itself, the image tower and (``text_tower: finetune``, the default)
 the text tower, and the server averages all of it: the classic FedAvg of the whole model. The
-head runs the encoders on pixels and caption token ids (``needs_pixels``), one slot's copy of the
+head runs the encoders on pixels and caption token ids (``inputs = {"pixels", "captions", "caption_token_ids"}``), one slot's copy of the
 weights at a time (``torch.func.functional_call``), so use ``runtime.clients_per_pass: 1`` on
 real models (a slot holds a whole CLIP and its optimizer state). ``text_tower: frozen`` tunes the
 image tower only and reads the cached caption features. Trained with the triplet loss (Eq. 10)
@@ -31,8 +31,7 @@ class RetrievalFullModelConfig(RetrievalHeadConfig):
 @HEADS.register("retrieval_full_model")
 class RetrievalFullModelHead(RetrievalHead):
     Config = RetrievalFullModelConfig
-    needs_pixels = True
-    needs_text_ids = True
+    inputs = frozenset({"pixels", "captions", "caption_token_ids"})
 
     def __init__(self, config: RetrievalFullModelConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

@@ -8,8 +8,7 @@ Logits are ``logit_scale * normalise(image) @ W^T`` with ``W [C, D]`` these clas
 from __future__ import annotations
 
 import torch
-
-from fedvlm.heads.base import normalize
+import torch.nn.functional as F
 
 # CLIP's EuroSAT prompts (Radford et al. 2021, the satellite set reused by the paper, Sec. IV-B).
 SATELLITE_TEMPLATES = ("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
@@ -19,11 +18,11 @@ SATELLITE_TEMPLATES = ("a centered satellite photo of {}.", "a centered satellit
 @torch.no_grad()
 def class_embeddings(backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """``[C, D]``: the normalised mean of every template's normalised text embedding per class."""
-    per_template = torch.stack([normalize(backbone.encode_text([t.format(c) for c in classnames]))
+    per_template = torch.stack([F.normalize(backbone.encode_text([t.format(c) for c in classnames]), dim=-1)
                                 for t in templates])  # [T, C, D]
-    return normalize(per_template.mean(0))
+    return F.normalize(per_template.mean(0), dim=-1)
 
 
 def zero_shot_logits(backbone, image_embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """``[B, C]`` = logit_scale * cos(image, class) (Algorithm 1 lines 14-15)."""
-    return backbone.logit_scale * normalize(image_embeddings) @ classes.T
+    return backbone.logit_scale * F.normalize(image_embeddings, dim=-1) @ classes.T

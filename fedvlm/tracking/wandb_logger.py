@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvlm.paths import cache_root
+
 
 class WandbLogger:
     def __init__(self, mode: str, run_dir: Path, project: str, entity: str | None, group: str, name: str,
@@ -26,7 +28,7 @@ class WandbLogger:
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ["WANDB_DIR"] = str(run_dir)
-        cache = Path(os.environ.get("FEDVLM_CACHE") or Path.home() / ".cache" / "fedvlm") / "wandb"
+        cache = cache_root() / "wandb"
         os.environ.setdefault("WANDB_CACHE_DIR", str(cache))
         os.environ.setdefault("WANDB_CONFIG_DIR", str(cache / "config"))
         os.environ.setdefault("WANDB_DATA_DIR", str(cache / "data"))

@@ -125,3 +125,22 @@ def test_the_same_weights_under_the_other_activation_are_another_identity(tiny_b
     assert quick_backbone.identity() != tiny_backbone.identity()
     again = FrozenCLIP(tiny_backbone.model, tiny_backbone.preprocess, "fedvlm-tiny", None)
     assert again.identity() == tiny_backbone.identity()  # the key is stable for the same build
+
+
+def test_compile_is_a_no_op_on_cpu_and_in_place_when_asked():
+    backbone = FrozenCLIP.load("fedvlm-tiny", None)  # its own: compiling is in place
+    ids = backbone.tokenize(TEXTS)
+    embeddings, eot = backbone.token_embeddings(ids), backbone.eot_positions(ids)
+    eager = backbone.encode_token_embeddings(embeddings, eot)
+    keys, identity = list(backbone.state_dict()), backbone.identity()
+    assert backbone.compile() is backbone and not backbone.compiled  # CPU: runtime.compile does nothing
+    # The compiled path itself, on CPU with the eager backend (no C++ toolchain needed): the same
+    # module tree, state-dict keys and identity, the same numbers, and a second call changes nothing.
+    backbone.compile(backend="eager", on_cpu=True)
+    assert backbone.compiled and list(backbone.state_dict()) == keys and backbone.identity() == identity
+    assert backbone.text_tower.transformer.resblocks is not None  # the shared-prefix path still reads it
+    compiled_call = backbone.text_tower.transformer._compiled_call_impl
+    backbone.compile(backend="eager", on_cpu=True)
+    assert backbone.text_tower.transformer._compiled_call_impl is compiled_call
+    torch.testing.assert_close(backbone.encode_token_embeddings(embeddings, eot), eager)
+    torch.testing.assert_close(backbone.encode_text(TEXTS), backbone.model.encode_text(ids), atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 
 from head_checks import CLASSES, TensorBatches
 from fedvlm.backbone.text_cache import encode_captions
-from fedvlm.retrieval.batches import CaptionBatches, sentence_end_ids
+from fedvlm.inputs.captions import CaptionBatches, sentence_end_ids
 
 WORDS = ["cars parked in rows", "a red field. many trees", "ships at the pier", "a blue lake; two boats",
          "green forest", "houses in blocks. a road on the left. a pool"]

@@ -9,7 +9,7 @@ import torch
 
 from fedvlm.config import load_config
 from fedvlm.data.datasets import DATASETS, load_dataset
-from fedvlm.patching.batches import BandBatches
+from fedvlm.inputs.bands import BandBatches
 from fedvlm.patching.pipeline import load_patching_config, run_patching, split_rows
 from fedvlm.simulation import _splits
 

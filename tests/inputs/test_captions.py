@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from fedvlm.backbone.text_cache import CaptionFeatures
-from fedvlm.retrieval.batches import CaptionBatches, sentence_end_ids, sentence_structure
+from fedvlm.inputs.captions import CaptionBatches, sentence_end_ids, sentence_structure
 
 PERIOD = 269
 
@@ -28,7 +28,7 @@ def test_sentence_end_ids_of_the_clip_tokenizer(tiny_backbone):
 
 class _Images:
     def batch(self, rows, slot, train=True, views=None):
-        from fedvlm.heads.base import Batch
+        from fedvlm.batch import Batch
 
         rows = torch.as_tensor(np.asarray(rows))
         return Batch(labels=rows, slot=torch.as_tensor(np.asarray(slot)), image=rows.float().unsqueeze(1))

@@ -1,0 +1,75 @@
+"""Batch sources: turn rows of the run's image table and client slots into a :class:`Batch`.
+
+``FeatureBatches`` serves cached encoder outputs (every head that leaves the image encoder
+unchanged); ``PixelBatches`` decodes and preprocesses images for heads that run the image encoder
+themselves (deep visual prompts, full fine-tuning). Training batches may carry different labels
+from evaluation ones: the part-annotation benchmark hides some training labels (-1, unknown).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fedvlm.errors import DataError
+from fedvlm.batch import Batch
+
+
+class FeatureBatches:
+    """Cached features. With augmented views (``view_pooled [V, N, D]``), a training batch takes
+    each sample's features from the view given in ``views``; evaluation uses the clean features."""
+
+    def __init__(self, pooled: torch.Tensor, patches: torch.Tensor | None, labels: torch.Tensor, device,
+                 train_labels: torch.Tensor | None = None, view_pooled: torch.Tensor | None = None,
+                 view_patches: torch.Tensor | None = None):
+        self.pooled, self.patches, self.device = pooled, patches, device
+        self.view_pooled, self.view_patches = view_pooled, view_patches
+        self.labels = labels
+        self.train_labels = train_labels if train_labels is not None else labels
+
+    @property
+    def num_views(self) -> int:
+        return 0 if self.view_pooled is None else self.view_pooled.shape[0]
+
+    def _labels(self, index: torch.Tensor, train: bool) -> torch.Tensor:
+        return (self.train_labels if train else self.labels)[index]
+
+    def batch(self, rows: np.ndarray, slot: np.ndarray, train: bool = True, views: np.ndarray | None = None) -> Batch:
+        index = torch.from_numpy(np.asarray(rows))
+        if views is not None and self.num_views:
+            view = torch.from_numpy(np.asarray(views))
+            image = self.view_pooled[view, index].float()
+            patches = self.view_patches[view, index].float() if self.view_patches is not None else None
+        else:
+            image = self.pooled[index].float()
+            patches = self.patches[index].float() if self.patches is not None else None
+        return Batch(labels=self._labels(index, train), slot=torch.from_numpy(np.asarray(slot)),
+                     image=image, patches=patches).to(self.device)
+
+
+class PixelBatches(FeatureBatches):
+    """Preprocessed pixels ``[B, 3, H, W]`` (plus the cached pooled features, which partitions and
+    some heads still use)."""
+
+    def __init__(self, paths: list[Path], preprocess, pooled: torch.Tensor, labels: torch.Tensor, device,
+                 train_labels: torch.Tensor | None = None):
+        super().__init__(pooled, None, labels, device, train_labels)
+        self.paths, self.preprocess = paths, preprocess
+
+    def _pixels(self, rows: np.ndarray) -> torch.Tensor:
+        images = []
+        for row in rows:
+            try:
+                with Image.open(self.paths[row]) as image:
+                    images.append(self.preprocess(image.convert("RGB")))
+            except Exception as error:
+                raise DataError(f"cannot read image {self.paths[row]}: {type(error).__name__}") from None
+        return torch.stack(images)
+
+    def batch(self, rows: np.ndarray, slot: np.ndarray, train: bool = True, views: np.ndarray | None = None) -> Batch:
+        batch = super().batch(rows, slot, train)
+        batch.pixels = self._pixels(np.asarray(rows)).to(self.device)
+        return batch
