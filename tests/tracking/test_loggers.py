@@ -4,6 +4,8 @@ backend or a missing package is one line, exit status 2."""
 
 import csv
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,3 +101,28 @@ def test_a_missing_tensorboard_names_the_extra_before_any_data_is_read(config_fi
     assert line == ("error: logging.backends: tensorboard needs the tensorboard package; "
                     "install fedvlm's [tensorboard] extra: pip install -e '.[tensorboard]'")
     assert not (config_file.parent / "results").exists()
+
+
+def _cli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "fedvlm", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_a_resumed_run_rebuilds_the_csv_from_its_checkpoint(colour_data_root, tmp_path):
+    """Killed after round 3 with rounds 1-2 checkpointed (metrics.csv already holds round 3), then
+    resumed: metrics.csv holds rounds 1..4 once each, the rows of an uninterrupted run."""
+    raw = _experiment(colour_data_root, tmp_path / "whole", backends=["csv"], checkpoint_every=2)
+    raw["federation"]["rounds"] = 4
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert _cli(["run", str(config)]).returncode == 0
+    killed = f"logging.results_dir={tmp_path / 'killed'}"
+    assert _cli(["run", str(config), killed], {"FEDVLM_KILL_AT": "after_round@3"}).returncode == -9
+    resumed = _cli(["run", str(config), killed, "resume=true"])
+    assert resumed.returncode == 0, resumed.stderr
+    (whole,), (again,) = ((tmp_path / name / "backends").iterdir() for name in ("whole", "killed"))
+    rows = {folder: (folder / "csv" / "metrics.csv").read_text() for folder in (whole, again)}
+    with open(again / "csv" / "metrics.csv", newline="") as file:
+        assert [int(row["step"]) for row in csv.DictReader(file)] == [1, 2, 3, 4]
+    assert rows[again] == rows[whole]
