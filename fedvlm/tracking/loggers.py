@@ -29,8 +29,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from fedvlm.errors import UserError
 from fedvlm.tracking.wandb_logger import FedvlmWandbLogger
 
-# The backends a file may name, each with the optional extra its package comes with (None: a core dependency).
-BACKENDS = {"wandb": None, "csv": None, "tensorboard": "tensorboard"}
 
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -64,13 +62,12 @@ class ScalarTensorBoardLogger(TensorBoardLogger):
 
 def check_installed(backends: list[str]) -> None:
     """One line naming the extra to install when a backend's package is missing (checked before
-    a run loads any data)."""
-    for backend in backends:
-        extra = BACKENDS[backend]
-        if backend == "tensorboard" and not (importlib.util.find_spec("tensorboard")
-                                             or importlib.util.find_spec("tensorboardX")):
-            raise UserError(f"logging.backends: {backend} needs the tensorboard package; "
-                            f"install fedvlm's [{extra}] extra: pip install -e '.[{extra}]'")
+    a run loads any data). wandb and csv need only core dependencies; Lightning's TensorBoard
+    logger writes with tensorboard or tensorboardX."""
+    if "tensorboard" in backends and not (importlib.util.find_spec("tensorboard")
+                                          or importlib.util.find_spec("tensorboardX")):
+        raise UserError("logging.backends: tensorboard needs the tensorboard package; "
+                        "install fedvlm's [tensorboard] extra: pip install -e '.[tensorboard]'")
 
 
 def build_loggers(backends: list[str], wandb_mode: str, run_dir: Path, *, project: str, entity: str | None,

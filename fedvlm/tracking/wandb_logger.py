@@ -75,7 +75,7 @@ class FedvlmWandbLogger(WandbLogger):
                 present = [v for v in value if _is_finite_number(v)]
                 if present:
                     record[key] = wandb.Histogram(present)
-            elif _is_finite_number(value) or isinstance(value, wandb.data_types.WBValue):
+            elif _is_finite_number(value) or _is_media(value):
                 record[key] = value
         if step is not None:
             record[self.step_metric] = step
@@ -97,6 +97,14 @@ class FedvlmWandbLogger(WandbLogger):
         columns, row = final_row(summary, self.sweep_values)
         self.log_table("final/results", columns, [row])
         run.finish()
+
+
+def _is_media(value: Any) -> bool:
+    """A W&B object (table, histogram, image) or a list of them (Lightning's ``log_image`` logs one)."""
+    from wandb.data_types import WBValue
+
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return bool(items) and all(isinstance(item, WBValue) for item in items)
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -3,11 +3,13 @@ tabulate, checked in the offline run's own record file; the same logger fed by F
 ``lightning.Trainer``."""
 
 import struct
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric import Fabric
+from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
 from fedvlm.tracking.wandb_logger import FedvlmWandbLogger, final_row, sweep_tags
@@ -36,6 +38,8 @@ def run_records(run_dir: Path) -> list:
             position += 32768 - position % 32768
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if position + 7 + length > len(data):  # a chunk still being written
+            break
         pending += data[position + 7:position + 7 + length]
         position += 7 + length
         if kind in (1, 4):  # a whole record, or the last chunk of one
@@ -46,9 +50,20 @@ def run_records(run_dir: Path) -> list:
     return records
 
 
+def finished_records(run_dir: Path, seconds: float = 60.0) -> list:
+    """The run file's records once it holds the exit record: W&B's service process may still be
+    writing it for a moment after ``run.finish()`` returns."""
+    deadline = time.monotonic() + seconds
+    while True:
+        records = run_records(run_dir)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def history(run_dir: Path) -> list[dict]:
     rows = []
-    for record in run_records(run_dir):
+    for record in finished_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
     return rows
@@ -56,7 +71,7 @@ def history(run_dir: Path) -> list[dict]:
 
 def step_metrics(run_dir: Path) -> dict[str, str]:
     return {record.metric.glob_name or record.metric.name: record.metric.step_metric
-            for record in run_records(run_dir) if record.WhichOneof("record_type") == "metric"}
+            for record in finished_records(run_dir) if record.WhichOneof("record_type") == "metric"}
 
 
 def test_final_row_and_tags():
@@ -86,8 +101,14 @@ def test_fabric_log_dict_logs_by_round_with_round_as_every_charts_x_axis(tmp_pat
     for round_number in (1, 2, 3):
         fabric.log_dict({"global/accuracy": 0.1 * round_number, "lr": float("nan"),
                          "clients/accuracy": [0.2, None, 0.4]}, step=round_number)
+    Image.new("RGB", (4, 4)).save(tmp_path / "heatmap.png")
+    logger.log_image("partition/heatmap", [str(tmp_path / "heatmap.png")])
+    logger.log_table("partition/counts", ["client", "red"], [[0, 3], [1, 5]])
     logger.finish({"experiment": "exp", "global/accuracy": 0.3})
 
+    media = {key.split("/")[1]: value for row in history(tmp_path) for key, value in row.items()
+             if key.startswith("partition/") and key.endswith("/_type")}
+    assert media == {"heatmap": '"images/separated"', "counts": '"table-file"'}
     # round is defined, and is the x axis of every other key (not Lightning's trainer/global_step)
     assert step_metrics(tmp_path) == {"round": "", "*": "round"}
     rows = [row for row in history(tmp_path) if "global/accuracy" in row]
