@@ -1,4 +1,4 @@
-"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync | patch``.
+"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync | dashboard | patch``.
 
 Mistakes in what the user asked for (:class:`~fedvlm.errors.UserError`) print one line,
 ``error: <key or file>: <what is wrong and what is expected>``, and exit with status 2, no
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--include-synced", action="store_true", help="upload runs that were uploaded before again")
     sync.add_argument("--dry-run", action="store_true", help="list the runs that would be uploaded; upload nothing")
 
+    dashboard = commands.add_parser("dashboard", help="the W&B workspace comparing baselines: curves by round, "
+                                                      "final metrics, grouped by method (docs/WANDB.md)")
+    dashboard.add_argument("project", metavar="ENTITY/PROJECT", help="the W&B project the runs were uploaded to")
+    dashboard.add_argument("--group", help="only the runs of this experiment (its name: in the YAML)")
+    dashboard.add_argument("--tags", nargs="+", default=[], help="only runs carrying every one of these tags")
+    dashboard.add_argument("--save", action="store_true",
+                           help="save the workspace to W&B (needs network and a login); without it, print its panels")
+
     patch = commands.add_parser("patch", help="PAINT patching, then multispectral alignment, both federated: "
                                               "fedvlm patch CONFIG.yaml [key=value ...] (docs/PATCHING.md)")
     patch.add_argument("config", help="patching YAML, e.g. experiments/patching/synthetic_patching.yaml")
@@ -102,7 +110,7 @@ def _guarded(command) -> int:
 
 def _dispatch(args) -> int:
     commands = {"run": _run, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
-                "sync": _sync, "patch": _patch, "probe-world": _probe_world}
+                "sync": _sync, "dashboard": _dashboard, "patch": _patch, "probe-world": _probe_world}
     return commands[args.command](args)
 
 
@@ -219,6 +227,18 @@ def _sync(args) -> int:
         print("sync: no offline W&B runs to upload (already uploaded ones are skipped; --include-synced to redo)")
     for run in runs:
         print(f"{'would upload' if args.dry_run else 'uploaded'} {run}")
+    return 0
+
+
+def _dashboard(args) -> int:
+    from fedvlm.tracking import dashboard
+
+    workspace = dashboard.build_workspace(args.project, group=args.group, tags=args.tags)
+    if args.save:
+        print(f"dashboard saved: {dashboard.save(workspace)}")
+    else:
+        print("\n".join(dashboard.describe(workspace)))
+        print("(not saved: add --save to create it in W&B)")
     return 0
 
 

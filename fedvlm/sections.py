@@ -194,8 +194,21 @@ class RuntimeConfig(Section):
 class LoggingConfig(Section):
     results_dir: str = "results"
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    # Lightning loggers fed each round (rank 0): wandb (mode above), csv (<run>/csv/metrics.csv),
+    # tensorboard (<run>/tensorboard/, the [tensorboard] extra). fedvlm/tracking/loggers.py.
+    backends: list[Literal["wandb", "csv", "tensorboard"]] = ["wandb"]
     project: str = "fedvlm"
     entity: str | None = None
     tags: list[str] = []
     checkpoint_every: int = Field(1, ge=0)  # rounds between checkpoints; 0 = only the final one
     progress: bool = True
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backend_list(cls, value):
+        return [value] if isinstance(value, str) else value  # backends=csv on the command line
+
+    @field_validator("backends")
+    @classmethod
+    def _each_once(cls, value):
+        return list(dict.fromkeys(value))

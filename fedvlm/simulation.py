@@ -57,7 +57,8 @@ from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
-from fedvlm.tracking.wandb_logger import WandbLogger
+from fedvlm.tracking import loggers as lightning_loggers
+from fedvlm.tracking.wandb_logger import FedvlmWandbLogger
 
 BYTES_PER_PARAMETER = 4  # prompts and adapters travel as fp32
 
@@ -495,6 +496,7 @@ def make_fabric(config: ExperimentConfig):
 
 def run(config: ExperimentConfig) -> dict:
     """Run an experiment; returns the summary on rank 0 and ``{}`` on other ranks."""
+    lightning_loggers.check_installed(config.logging.backends)  # before any data is loaded
     fabric = make_fabric(config)
     if config.runtime.strategy == "ddp_spawn" and fabric.world_size > 1:
         return fabric.launch(_run_on_rank, config)
@@ -549,7 +551,8 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         checkpointed = state.next_round
         if is_main:  # the lines the checkpoint covers; rounds after it (and a torn line) are redone
             folder.write_metrics(state.history)
-    logger = _start_logging(config, folder, federation, resumed_at=checkpointed) if is_main else None
+    # rank 0's Lightning loggers (logging.backends); the other ranks log nothing
+    loggers = _start_logging(config, folder, federation, state.history, resumed_at=checkpointed) if is_main else []
 
     packed_optimizer = optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {}
     # examples of the algorithm's per-client tensors, for the all-gather's layout
@@ -603,7 +606,7 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         if is_main:
             every = config.logging.checkpoint_every
             save = last or bool(every and state.next_round % every == 0)
-            if _commit(config, federation, folder, state, logger, save):
+            if _commit(config, federation, folder, state, loggers, save):
                 checkpointed = state.next_round
             primary = federation.task.primary
             round_bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
@@ -615,7 +618,7 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         metrics = {"round": rounds, **evaluate(federation, state, fabric), **state.communication}
         state.history.append(json_safe(metrics))
         if is_main:
-            _commit(config, federation, folder, state, logger, save=True)
+            _commit(config, federation, folder, state, loggers, save=True)
     # The summary is made of the last committed line, never of live values: a run resumed after its
     # final checkpoint writes the summary an uninterrupted run writes.
     final = state.history[-1]
@@ -625,30 +628,29 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         _crash_if_requested("before_summary", rounds)
         folder.write_summary(summary)
         primary = f"clients/{federation.task.primary}"
-        if primary in final:
-            logger.log_table("personalized/clients", ["client", "train_images", "test_images", federation.task.primary],
-                             [[k, len(federation.train[k]), len(federation.test[k]),
-                               math.nan if a is None else float(a)] for k, a in enumerate(final[primary])])
-        logger.finish(summary)
-        summary["wandb_dir"] = logger.directory
+        summary["wandb_dir"] = None
+        for logger in _wandb(loggers):
+            if primary in final:
+                logger.log_table("personalized/clients",
+                                 ["client", "train_images", "test_images", federation.task.primary],
+                                 [[k, len(federation.train[k]), len(federation.test[k]),
+                                   math.nan if a is None else float(a)] for k, a in enumerate(final[primary])])
+            summary["wandb_dir"] = logger.directory
+        lightning_loggers.finish(loggers, summary)
         return summary
     return {}  # other ranks: the summary is rank 0's to report
 
 
 def _commit(config: ExperimentConfig, federation: Federation, folder: RunFolder, state: ServerState,
-            logger: WandbLogger, save: bool) -> bool:
+            loggers: list, save: bool) -> bool:
     """Record a round (rank 0): the checkpoint first (the commit point; it holds the metrics
-    lines), then ``metrics.jsonl`` rewritten from them, then W&B. A kill between any two steps
-    leaves files a resumed run makes consistent again."""
+    lines), then ``metrics.jsonl`` rewritten from them, then the Lightning loggers, step = round.
+    A kill between any two steps leaves files a resumed run makes consistent again."""
     if save:
         folder.save_checkpoint(_checkpoint(config, federation, state))
         _crash_if_requested("after_checkpoint", state.next_round)
     folder.write_metrics(state.history)
-    metrics = state.history[-1]
-    logger.log({k: v for k, v in metrics.items() if not isinstance(v, list)})
-    for key, values in metrics.items():
-        if isinstance(values, list) and key.startswith("clients/"):
-            logger.log_histogram(metrics["round"], key, np.array([math.nan if v is None else v for v in values]))
+    lightning_loggers.log_round(loggers, state.history[-1])
     return save
 
 
@@ -719,8 +721,8 @@ def _new_run_folder(fabric, config: ExperimentConfig) -> RunFolder:
     return folder
 
 
-def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Federation,
-                   resumed_at: int | None) -> WandbLogger:
+def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Federation, history: list[dict],
+                   resumed_at: int | None) -> list:
     counts = client_class_counts(federation.labels, federation.train, len(federation.classnames))  # [K, C]
     np.savetxt(folder.path / "partition.csv", counts, fmt="%d", delimiter=",",
                header=",".join(federation.classnames), comments="")
@@ -732,12 +734,21 @@ def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Fede
     # A resumed run logs to a new W&B run of the same name and group: an offline W&B run cannot
     # be reopened by a second process. metrics.jsonl stays the one complete record.
     run_id = folder.run_id if resumed_at is None else f"{folder.run_id}-from{resumed_at}"
-    logger = WandbLogger(config.logging.wandb, folder.path, config.logging.project, config.logging.entity,
-                         group=config.name, name=folder.run_id, run_id=run_id, tags=tags,
-                         config={**config.to_dict(), "resumed_from_round": resumed_at})
-    logger.log_image("partition/heatmap", image)
-    logger.log_table("partition/counts", ["client", *federation.classnames], [[k, *map(int, row)] for k, row in enumerate(counts)])
-    return logger
+    loggers = lightning_loggers.build_loggers(
+        config.logging.backends, config.logging.wandb, folder.path, project=config.logging.project,
+        entity=config.logging.entity, group=config.name, name=folder.run_id, run_id=run_id, tags=tags,
+        config={**config.to_dict(), "resumed_from_round": resumed_at}, resumed=resumed_at is not None)
+    lightning_loggers.replay(loggers, history)
+    for logger in _wandb(loggers):
+        logger.log_image("partition/heatmap", [str(image)])
+        logger.log_table("partition/counts", ["client", *federation.classnames],
+                         [[k, *map(int, row)] for k, row in enumerate(counts)])
+    return loggers
+
+
+def _wandb(loggers: list) -> list[FedvlmWandbLogger]:
+    """The W&B logger among ``loggers`` (none or one): images and tables go to it alone."""
+    return [logger for logger in loggers if isinstance(logger, FedvlmWandbLogger)]
 
 
 def _summary(config, federation: Federation, state: ServerState, metrics: dict, folder: RunFolder, seconds: float,
