@@ -231,7 +231,7 @@ def _sync(args) -> int:
 
 
 def _dashboard(args) -> int:
-    from fedvlm.tracking import dashboard
+    from fedvlm.report import dashboard
 
     workspace = dashboard.build_workspace(args.project, group=args.group, tags=args.tags)
     if args.save:

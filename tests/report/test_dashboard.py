@@ -1,4 +1,4 @@
-"""``fedvlm dashboard`` (fedvlm/tracking/dashboard.py), offline: the workspace object and the view
+"""``fedvlm dashboard`` (fedvlm/report/dashboard.py), offline: the workspace object and the view
 W&B would receive (its serialized model) hold the sections, panel types, metric keys, grouping and
 filters; saving without a server is one line."""
 
@@ -9,7 +9,7 @@ import pytest
 import wandb_workspaces.reports.v2 as wr
 
 from fedvlm.cli import main
-from fedvlm.tracking.dashboard import FINAL_METRICS, ROUND_METRICS, build_workspace
+from fedvlm.report.dashboard import FINAL_METRICS, ROUND_METRICS, build_workspace
 
 
 @pytest.fixture(scope="module")
