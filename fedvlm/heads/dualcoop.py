@@ -110,7 +110,7 @@ class DualCoOpHead(Head):
         return both[: len(slots)], both[len(slots):]
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         positive, negative = self.text_features(slots)
         config = self.config
         regions = image_regions(batch, config.global_region)

@@ -363,7 +363,7 @@ class FedMPTHead(Head):
     def region_similarity(self, batch: Batch) -> torch.Tensor:
         """s ``[B, N, M, C]`` = similarity_scale * cos(A_n(f_m), t[n, c]) (Eq. 6-7)."""
         config = self.config
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)[position]  # [B, N, C, D]
         patches = image_regions(batch, config.global_region)  # [B, M, D] (M counts the global token)
         if config.uses("adapters"):

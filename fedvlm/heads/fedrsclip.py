@@ -51,6 +51,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from fedvlm.batch import per_slot
 from fedvlm.heads.base import Batch, Head, HeadConfig, RoundContext, normalize, slot_mean
 from fedvlm.heads.fedotp import transport_similarity
 from fedvlm.heads.prompts import PromptLayout, context_init
@@ -150,7 +151,7 @@ class FedRSCLIPHead(Head):
         return self.backbone.logit_scale * similarity
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         return self.logits(batch, self.text_features(slots), position)
 
     # ---------------------------------------------------------------------------- DPAC
@@ -179,7 +180,7 @@ class FedRSCLIPHead(Head):
         """features ``[U, ..., C, D]`` through each unit's own map (phi or psi), then normalised."""
         if self.config.dpac_map == "linear":
             maps = getattr(self, name)[slots]  # [U, D, D]
-            features = features @ maps.view(maps.shape[0], *[1] * (features.dim() - 3), *maps.shape[1:])
+            features = features @ per_slot(maps, features)
         return normalize(features)
 
     def dpac_loss(self, text: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -196,7 +197,7 @@ class FedRSCLIPHead(Head):
                               self.config.dpac_scale, keep)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)
         loss = slot_mean(self.sample_loss(self.logits(batch, text, position), batch.labels), batch.slot, self.num_slots)
         if self.uses_dpac and self.config.dpac_weight and len(self.other_clients):

@@ -143,7 +143,7 @@ class OTDPPHead(Head):
         return normalize(rearrange(features, "(u n) c d -> u c n d", u=tokens.shape[0]))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         tokens = self.prompt_tokens(slots)
         text = self.text_features(tokens)[position]  # [B, C, N, D]
         visual = self.visual_prompts(tokens, slots)[position]  # [B, J, N*n_ctx, d_v]: each sample its slot's
