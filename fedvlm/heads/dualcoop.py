@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import pack
 from pydantic import Field
 
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
@@ -62,7 +63,7 @@ def image_regions(batch: Batch, global_region: bool = True) -> torch.Tensor:
     without it a frozen ViT's last-layer patch tokens may carry little text alignment."""
     if not global_region:
         return batch.patches
-    return torch.cat([batch.image.unsqueeze(1).to(batch.patches.dtype), batch.patches], dim=1)
+    return pack([batch.image.to(batch.patches.dtype), batch.patches], "b * d")[0]  # row 0: the pooled embedding
 
 
 def patch_similarity(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 
 from fedvlm.batch import per_slot
@@ -135,10 +136,10 @@ class FedRSCLIPHead(Head):
 
     def text_features(self, slots: torch.Tensor) -> torch.Tensor:
         """Normalised text features ``[U, N, C, D]`` (N = 2 for DPM: shared, private)."""
-        contexts = self.contexts(slots)
-        units, prompts = contexts.shape[:2]
-        features = self.layout.encode(self.backbone, contexts.flatten(0, 1))
-        return normalize(features.view(units, prompts, *features.shape[1:]))
+        contexts = self.contexts(slots)  # [U, N, n_ctx, d_t]
+        # Every (slot, prompt) pair is one context for the text encoder.
+        features = self.layout.encode(self.backbone, rearrange(contexts, "u n l d -> (u n) l d"))
+        return normalize(rearrange(features, "(u n) c d -> u n c d", u=contexts.shape[0]))
 
     def logits(self, batch: Batch, text: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         config = self.config
