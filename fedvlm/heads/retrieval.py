@@ -84,6 +84,8 @@ class RetrievalHead(Head):
             self.classifier = self.slot_parameter(prompts)  # [S, C, D]
         if config.loss.weighting == "uncertainty":
             self.loss_sigma = self.slot_parameter(torch.ones(len(self.terms)))  # [S, terms]
+        else:  # no sigma: nothing private (a declared private name is a parameter the head has)
+            self.private = ()
         self._teacher: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ what subclasses embed
