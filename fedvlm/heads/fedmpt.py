@@ -180,8 +180,9 @@ class ConditionPromptLayout(nn.Module):
         if backbone.share_text_prefix and classes > 1 and prefix > 1:
             # each condition's C prompts share [SOS] [L_n] <condition n> [G]: run it once per condition
             grouped = rearrange(prompts, "u (n c) l d -> u n c l d", n=conditions)
-            features = backbone.encode_with_shared_prefix(rearrange(grouped[:, :, 0, :prefix], "u n l d -> (u n) l d"),
-                                                          rearrange(grouped[:, :, :, prefix:], "u n c l d -> (u n) c l d"),
+            prefixes = rearrange(grouped[:, :, 0, :prefix], "u n l d -> (u n) l d")
+            suffixes = rearrange(grouped[:, :, :, prefix:], "u n c l d -> (u n) c l d")
+            features = backbone.encode_with_shared_prefix(prefixes, suffixes,
                                                           repeat(self.eot, "(n c) -> (u n) c", n=conditions, u=units))
             return rearrange(features, "(u n) c d -> u n c d", u=units)  # [U*N, C, D]: one row per prompt set
         features = backbone.encode_token_embeddings(rearrange(prompts, "u r l d -> (u r) l d"),
