@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from fedvlm.backbone.shared_prefix import run_blocks_with_shared_prefix, supports_shared_prefix
@@ -409,7 +410,7 @@ class FrozenCLIP(nn.Module):
         tower, units, classes, length_p = self.text_tower, suffix.shape[0], suffix.shape[1], prefix.shape[1]
         if not self.share_text_prefix or int(eot_positions.min()) < length_p:
             raise ValueError("encode_with_shared_prefix: needs a causal text tower and every EOT after the prefix")
-        eot_positions = eot_positions.expand(units, classes).flatten()
+        eot_positions = rearrange(eot_positions.expand(units, classes), "u c -> (u c)")
         length_s = self._text_length(length_p + suffix.shape[2], eot_positions) - length_p
         x_p, _ = self._text_input(prefix)
         x_s, _ = self._text_input(suffix[:, :, :length_s], start=length_p)
@@ -417,7 +418,7 @@ class FrozenCLIP(nn.Module):
             x = run_blocks_with_shared_prefix(tower.transformer.resblocks, x_p, x_s, layer_prompts,
                                               prompt_positions).flatten(0, 1)
             x = _text_output(tower, x, eot_positions - length_p)
-        return x.float().view(units, classes, -1)
+        return rearrange(x.float(), "(u c) d -> u c d", u=units)
 
     def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
                                   layer_prompts: torch.Tensor | None = None,

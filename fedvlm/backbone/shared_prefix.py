@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -36,7 +37,7 @@ def supports_shared_prefix(blocks: nn.ModuleList) -> bool:
 
 def _heads(x: torch.Tensor, count: int) -> torch.Tensor:
     """``[N, L, d]`` -> ``[N, heads, L, d / heads]``."""
-    return x.unflatten(-1, (count, -1)).transpose(1, 2)
+    return rearrange(x, "n l (h d) -> n h l d", h=count)
 
 
 def _block(block: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +58,8 @@ def _block(block: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor) -> tupl
     suffix_out = F.scaled_dot_product_attention(q_s, keys, values, attn_mask=visible)
 
     def finish(x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        attended = F.linear(attended.transpose(1, 2).flatten(-2), attention.out_proj.weight, attention.out_proj.bias)
+        attended = F.linear(rearrange(attended, "n h l d -> n l (h d)"), attention.out_proj.weight,
+                            attention.out_proj.bias)
         x = x + block.ls_1(attended)
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -75,11 +77,11 @@ def run_blocks_with_shared_prefix(blocks: nn.ModuleList, prefix: torch.Tensor, s
     ``prompt_positions [n_ctx]`` are replaced by ``layer_prompts[:, j - 1]`` (``[U, J - 1, n_ctx,
     d]``), as ``FrozenCLIP.encode_deep_prompted_text`` does to every sequence."""
     units, classes = suffix.shape[:2]
-    suffix = suffix.flatten(0, 1)
+    suffix = rearrange(suffix, "u c s d -> (u c) s d")
     depth = 1 + (layer_prompts.shape[1] if layer_prompts is not None else 0)
     for j, block in enumerate(blocks):
         if 1 <= j < depth:
             prefix = prefix.clone()
             prefix[:, prompt_positions] = layer_prompts[:, j - 1].to(prefix.dtype)
         prefix, suffix = _block(block, prefix, suffix)
-    return suffix.view(units, classes, *suffix.shape[1:])
+    return rearrange(suffix, "(u c) s d -> u c s d", u=units)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from pydantic import Field
 from torch import nn
 
@@ -100,7 +101,7 @@ class Head(nn.Module):
 
     def slot_parameter(self, initial: torch.Tensor) -> nn.Parameter:
         """An ``[S, *initial.shape]`` parameter, every slot starting from ``initial``."""
-        return nn.Parameter(initial.detach().unsqueeze(0).repeat(self.num_slots, *([1] * initial.dim())).clone())
+        return nn.Parameter(repeat(initial.detach(), "... -> s ...", s=self.num_slots).clone())
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}

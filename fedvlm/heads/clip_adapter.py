@@ -55,5 +55,5 @@ class CLIPAdapterHead(RetrievalHead):
     def embed_images(self, batch: Batch, weights) -> torch.Tensor:
         return self._adapt(batch.image, "image", batch.slot, weights)
 
-    def embed_captions(self, captions, slot, weights, train: bool) -> torch.Tensor:
+    def embed_captions(self, captions, slot, weights, train: bool, present=None) -> torch.Tensor:
         return self._adapt(captions["caption_pooled"], "text", slot, weights)

@@ -43,7 +43,7 @@ class CoOpHead(Head):
     def forward(self, batch: Batch) -> torch.Tensor:
         # Only the slots present in the batch run the text encoder (clients that already
         # finished their local steps cost nothing).
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)  # [U, C, D]
         image = normalize(batch.image)  # [B, D]
         return self.backbone.logit_scale * torch.einsum("bd,bcd->bc", image, text[position])

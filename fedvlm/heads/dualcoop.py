@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import pack
 from pydantic import Field
 
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize
@@ -62,7 +63,7 @@ def image_regions(batch: Batch, global_region: bool = True) -> torch.Tensor:
     without it a frozen ViT's last-layer patch tokens may carry little text alignment."""
     if not global_region:
         return batch.patches
-    return torch.cat([batch.image.unsqueeze(1).to(batch.patches.dtype), batch.patches], dim=1)
+    return pack([batch.image.to(batch.patches.dtype), batch.patches], "b * d")[0]  # row 0: the pooled embedding
 
 
 def patch_similarity(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class DualCoOpHead(Head):
         return both[: len(slots)], both[len(slots):]
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         positive, negative = self.text_features(slots)
         config = self.config
         regions = image_regions(batch, config.global_region)

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from einops import rearrange, repeat
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -178,13 +179,15 @@ class ConditionPromptLayout(nn.Module):
         units, conditions, classes, prefix = prompts.shape[0], self.num_conditions, self.num_classes, self.shared_prefix
         if backbone.share_text_prefix and classes > 1 and prefix > 1:
             # each condition's C prompts share [SOS] [L_n] <condition n> [G]: run it once per condition
-            grouped = prompts.unflatten(1, (conditions, classes))  # [U, N, C, L, d]
-            features = backbone.encode_with_shared_prefix(grouped[:, :, 0, :prefix].flatten(0, 1),
-                                                          grouped[:, :, :, prefix:].flatten(0, 1),
-                                                          self.eot.view(conditions, classes).repeat(units, 1))
-        else:
-            features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
-        return features.view(units, conditions, classes, -1)
+            grouped = rearrange(prompts, "u (n c) l d -> u n c l d", n=conditions)
+            prefixes = rearrange(grouped[:, :, 0, :prefix], "u n l d -> (u n) l d")
+            suffixes = rearrange(grouped[:, :, :, prefix:], "u n c l d -> (u n) c l d")
+            features = backbone.encode_with_shared_prefix(prefixes, suffixes,
+                                                          repeat(self.eot, "(n c) -> (u n) c", n=conditions, u=units))
+            return rearrange(features, "(u n) c d -> u n c d", u=units)  # [U*N, C, D]: one row per prompt set
+        features = backbone.encode_token_embeddings(rearrange(prompts, "u r l d -> (u r) l d"),
+                                                    repeat(self.eot, "r -> (u r)", u=units))
+        return rearrange(features, "(u n c) d -> u n c d", u=units, n=conditions)  # [U*N*C, D]: one row per prompt
 
 
 # --------------------------------------------------------------------------------- the maths
@@ -351,11 +354,11 @@ class FedMPTHead(Head):
         n, classes = self.num_conditions, self.layout.num_classes
         class_context = self.class_context[slots]  # [U, beta_cls, d] or [U, C, beta_cls, d] (CSC)
         if self.config.class_specific_context:  # per (condition, class) contexts [U, N, C, K, d]
-            class_context = class_context.unsqueeze(1).expand(-1, n, -1, -1, -1)
-            condition = self.condition_context[slots].unsqueeze(2).expand(-1, -1, classes, -1, -1) \
+            class_context = repeat(class_context, "u c k d -> u n c k d", n=n)
+            condition = repeat(self.condition_context[slots], "u n k d -> u n c k d", c=classes) \
                 if hasattr(self, "condition_context") else None
         else:  # per condition contexts [U, N, K, d]
-            class_context = class_context.unsqueeze(1).expand(-1, n, -1, -1)
+            class_context = repeat(class_context, "u k d -> u n k d", n=n)
             condition = self.condition_context[slots] if hasattr(self, "condition_context") else None
         context = class_context if condition is None else torch.cat([condition, class_context], dim=-2)
         return normalize(self.layout.encode(self.backbone, context))
@@ -363,13 +366,13 @@ class FedMPTHead(Head):
     def region_similarity(self, batch: Batch) -> torch.Tensor:
         """s ``[B, N, M, C]`` = similarity_scale * cos(A_n(f_m), t[n, c]) (Eq. 6-7)."""
         config = self.config
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)[position]  # [B, N, C, D]
         patches = image_regions(batch, config.global_region)  # [B, M, D] (M counts the global token)
         if config.uses("adapters"):
             adapted = lora(patches, self.adapter_down[batch.slot], self.adapter_up[batch.slot], config.adapter_residual)
         else:
-            adapted = patches.unsqueeze(1).expand(-1, self.num_conditions, -1, -1)
+            adapted = repeat(patches, "b m d -> b n m d", n=self.num_conditions)
         return config.similarity_scale * torch.einsum("bnmd,bncd->bnmc", normalize(adapted), text)
 
     def weights_for(self, similarity: torch.Tensor) -> torch.Tensor:

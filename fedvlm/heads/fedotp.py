@@ -108,7 +108,7 @@ class FedOTPHead(Head):
         return normalize(rearrange(features, "(u n) c d -> u c n d", u=contexts.shape[0]))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)[position]  # [B, C, N, D]
         config = self.config
         similarity = transport_similarity(normalize(batch.patches), text, partial=config.ot == "partial",

@@ -88,11 +88,11 @@ class FedPGPHead(Head):
         return self.backbone.logit_scale * torch.einsum("bd,bcd->bc", normalize(batch.image), text[position])
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         return self._logits(batch, normalize(self.layout.encode(self.backbone, self.context(slots))), position)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         full = normalize(self.layout.encode(self.backbone, self.context(slots)))  # [U, C, D]
         loss = slot_mean(self.sample_loss(self._logits(batch, full, position), batch.labels), batch.slot,
                          self.num_slots)

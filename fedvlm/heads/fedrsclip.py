@@ -49,8 +49,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 
+from fedvlm.batch import per_slot
 from fedvlm.heads.base import Batch, Head, HeadConfig, RoundContext, normalize, slot_mean
 from fedvlm.heads.fedotp import transport_similarity
 from fedvlm.heads.prompts import PromptLayout, context_init
@@ -134,10 +136,10 @@ class FedRSCLIPHead(Head):
 
     def text_features(self, slots: torch.Tensor) -> torch.Tensor:
         """Normalised text features ``[U, N, C, D]`` (N = 2 for DPM: shared, private)."""
-        contexts = self.contexts(slots)
-        units, prompts = contexts.shape[:2]
-        features = self.layout.encode(self.backbone, contexts.flatten(0, 1))
-        return normalize(features.view(units, prompts, *features.shape[1:]))
+        contexts = self.contexts(slots)  # [U, N, n_ctx, d_t]
+        # Every (slot, prompt) pair is one context for the text encoder.
+        features = self.layout.encode(self.backbone, rearrange(contexts, "u n l d -> (u n) l d"))
+        return normalize(rearrange(features, "(u n) c d -> u n c d", u=contexts.shape[0]))
 
     def logits(self, batch: Batch, text: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         config = self.config
@@ -150,7 +152,7 @@ class FedRSCLIPHead(Head):
         return self.backbone.logit_scale * similarity
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         return self.logits(batch, self.text_features(slots), position)
 
     # ---------------------------------------------------------------------------- DPAC
@@ -179,7 +181,7 @@ class FedRSCLIPHead(Head):
         """features ``[U, ..., C, D]`` through each unit's own map (phi or psi), then normalised."""
         if self.config.dpac_map == "linear":
             maps = getattr(self, name)[slots]  # [U, D, D]
-            features = features @ maps.view(maps.shape[0], *[1] * (features.dim() - 3), *maps.shape[1:])
+            features = features @ per_slot(maps, features)
         return normalize(features)
 
     def dpac_loss(self, text: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -196,7 +198,7 @@ class FedRSCLIPHead(Head):
                               self.config.dpac_scale, keep)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         text = self.text_features(slots)
         loss = slot_mean(self.sample_loss(self.logits(batch, text, position), batch.labels), batch.slot, self.num_slots)
         if self.uses_dpac and self.config.dpac_weight and len(self.other_clients):

@@ -64,7 +64,7 @@ class FullModelHead(Head):
     def forward(self, batch: Batch) -> torch.Tensor:
         logits = []
         order = []
-        for slot in torch.unique(batch.slot).tolist():
+        for slot in batch.present_slot_ids():
             rows = torch.nonzero(batch.slot == slot).flatten()
             features = normalize(self.encode(batch.pixels[rows], slot))
             logits.append(self.backbone.logit_scale * features @ self.classifier_weight[slot].T

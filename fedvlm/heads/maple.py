@@ -100,7 +100,7 @@ class MaPLeHead(Head):
         return torch.cat([self.context[slots].unsqueeze(1), self.deep_context[slots]], dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         prompts = self.layer_prompts(slots)
         text = normalize(self.layout.encode_deep(self.backbone, prompts[:, 0], prompts[:, 1:]))  # [U, C, D]
         vision = couple(prompts, self.coupling_weight[slots], self.coupling_bias[slots])  # [U, J, n_ctx, d_v]

@@ -103,7 +103,7 @@ class MSStudentHead(Head):
         """The student's embeddings ``[B, D]`` of the batch's bands (E~_i)."""
         bands = batch.extras["bands"]
         out = None
-        for slot in torch.unique(batch.slot).tolist():
+        for slot in batch.present_slot_ids():
             rows = torch.nonzero(batch.slot == slot).flatten()
             params = {name: self.encoder[key][slot] for key, name in self._names.items()}
             features = functional_call(self.student, params, (bands[rows],))

@@ -46,7 +46,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from pydantic import Field, model_validator
 
 from fedvlm.errors import ConfigError
@@ -125,12 +125,12 @@ class OTDPPHead(Head):
             dim = -1 if config.split == "width" else 2
             tokens = torch.cat([self.global_head[slots], self.local_tail[slots]], dim=dim)
         if config.deep_prompts == "tied":
-            tokens = tokens.expand(-1, config.prompt_depth, -1, -1, -1)
+            tokens = repeat(tokens, "u 1 n l d -> u j n l d", j=config.prompt_depth)
         return tokens
 
     def visual_prompts(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``[U, J, N * n_ctx, d_v]``: one visual prompt token per text prompt token."""
-        flat = tokens.flatten(2, 3)  # [U, J, N*n_ctx, d_t]
+        flat = rearrange(tokens, "u j n l d -> u j (n l) d")
         if self.config.vision_coupling == "linear":
             return couple(flat, self.coupling_weight[slots], self.coupling_bias[slots])
         return flat @ self.frozen_coupling
@@ -143,7 +143,7 @@ class OTDPPHead(Head):
         return normalize(rearrange(features, "(u n) c d -> u c n d", u=tokens.shape[0]))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         tokens = self.prompt_tokens(slots)
         text = self.text_features(tokens)[position]  # [B, C, N, D]
         visual = self.visual_prompts(tokens, slots)[position]  # [B, J, N*n_ctx, d_v]: each sample its slot's

@@ -56,7 +56,7 @@ class PositiveCoOpHead(Head):
             self.positive_residual = self.slot_parameter(torch.zeros(dims))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        slots, position = torch.unique(batch.slot, return_inverse=True)
+        slots, position = batch.present_slots()
         positive = self.layout.encode(self.backbone, self.context[slots])  # [U, C, D]
         if self.config.positive_residual:
             positive = positive + self.positive_residual[slots]

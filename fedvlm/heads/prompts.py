@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from fedvlm.backbone.clip import FrozenCLIP
@@ -80,8 +81,9 @@ class PromptLayout(nn.Module):
         prefix = self.shared_prefix
         if backbone.share_text_prefix and context.dim() == 3 and classes > 1 and prefix > 1:
             return backbone.encode_with_shared_prefix(prompts[:, 0, :prefix], prompts[:, :, prefix:], self.eot)
-        features = backbone.encode_token_embeddings(prompts.flatten(0, 1), self.eot.repeat(units))
-        return features.view(units, classes, -1)
+        features = backbone.encode_token_embeddings(rearrange(prompts, "u c l d -> (u c) l d"),
+                                                    repeat(self.eot, "c -> (u c)", u=units))
+        return rearrange(features, "(u c) d -> u c d", u=units)
 
     def encode_deep(self, backbone: FrozenCLIP, context: torch.Tensor, layer_context: torch.Tensor | None) -> torch.Tensor:
         """Text features with deep prompts (MaPLe): ``context [U, n_ctx, d]`` enters with the
@@ -100,10 +102,11 @@ class PromptLayout(nn.Module):
             in_order = layer_context[:, :, self.context_index[0, positions]]  # [U, J-1, n_ctx, d] by position
             return backbone.encode_with_shared_prefix(prompts[:, 0, :prefix], prompts[:, :, prefix:], self.eot,
                                                       in_order, positions)
-        per_sequence = layer_context.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)  # [U*C, J-1, n_ctx, d]
-        features = backbone.encode_deep_prompted_text(prompts.flatten(0, 1), self.eot.repeat(units), per_sequence,
-                                                      self.context_index.repeat(units, 1))
-        return features.view(units, classes, -1)
+        per_sequence = repeat(layer_context, "u j t d -> (u c) j t d", c=classes)  # every class its slot's prompts
+        features = backbone.encode_deep_prompted_text(rearrange(prompts, "u c l d -> (u c) l d"),
+                                                      repeat(self.eot, "c -> (u c)", u=units), per_sequence,
+                                                      repeat(self.context_index, "c l -> (u c) l", u=units))
+        return rearrange(features, "(u c) d -> u c d", u=units)
 
 
 def shared_prefix_length(ids: torch.Tensor, context_index: torch.Tensor, eot: torch.Tensor, groups: int = 1) -> int:

@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from einops import rearrange
+from einops import pack, rearrange
 from pydantic import Field
 
 from fedvlm.errors import ConfigError
@@ -133,11 +133,12 @@ class RDBHead(RetrievalHead):
         if options.image_branch == "mlp":
             hidden = gelu(slot_linear(batch.image, weights["image_down_weight"], weights["image_down_bias"], slot))
         else:
-            tokens = torch.cat([batch.image.unsqueeze(1), batch.patches], dim=1)  # [B, 1 + M, D]
+            tokens, _ = pack([batch.image, batch.patches], "b * d")  # [B, 1 + M, D]: row 0 the pooled embedding
             x = gelu(slot_linear(tokens, weights["image_down_weight"], weights["image_down_bias"], slot))
             hidden_tokens = x + self._differential_attention(x, slot, weights)  # VEA, residual
             hidden = hidden_tokens[:, 0] if options.image_pool == "cls" else hidden_tokens.mean(1)
-        return self._bridge(hidden, batch.image, "image", slot, weights, dropout=True)
+        return self._bridge(hidden, batch.image, "image", slot, weights, dropout=True,
+                            present=batch.present_slot_ids())
 
     def _differential_attention(self, x: torch.Tensor, slot: torch.Tensor, weights) -> torch.Tensor:
         """Eq. 2-3 over ``x [B, N, r]`` -> ``[B, N, r]``."""
@@ -153,7 +154,7 @@ class RDBHead(RetrievalHead):
         out = differential_attention(q1, k1, q2, k2, v, lam)  # [B, H, N, r / H]
         return rearrange(out, "b h n d -> b n (h d)")
 
-    def embed_captions(self, captions, slot, weights, train: bool) -> torch.Tensor:
+    def embed_captions(self, captions, slot, weights, train: bool, present=None) -> torch.Tensor:
         pooled = captions["caption_pooled"]
         down = (weights["text_down_weight"], weights["text_down_bias"])
         if self.options.text_branch == "mlp":
@@ -161,7 +162,7 @@ class RDBHead(RetrievalHead):
         else:
             x = gelu(slot_linear(captions["caption_tokens"], *down, slot))  # [T, L, r]
             hidden = self._hierarchical_attention(x, captions, slot, weights)
-        return self._bridge(hidden, pooled, "text", slot, weights, dropout=train)
+        return self._bridge(hidden, pooled, "text", slot, weights, dropout=train, present=present)
 
     def _hierarchical_attention(self, x: torch.Tensor, captions, slot: torch.Tensor, weights) -> torch.Tensor:
         """Eq. 4-9: words -> sentence vectors -> text vector ``[T, r]``."""
@@ -187,10 +188,10 @@ class RDBHead(RetrievalHead):
                               weights["sentence_attention_bias"][slot], weights["sentence_context"][slot])  # v
 
     def _bridge(self, hidden: torch.Tensor, pooled: torch.Tensor, modality: str, slot: torch.Tensor, weights,
-                dropout: bool) -> torch.Tensor:
+                dropout: bool, present: tuple[int, ...] | None = None) -> torch.Tensor:
         """Shared layer, gate and the modality's up-projection onto the frozen embedding."""
         if dropout:
-            hidden = self.slot_dropout(hidden, slot, self.options.dropout)
+            hidden = self.slot_dropout(hidden, slot, self.options.dropout, present)
         mixed = hidden
         if self.options.shared_layer:
             shared = gelu(slot_linear(hidden, weights["shared_weight"], weights["shared_bias"], slot))

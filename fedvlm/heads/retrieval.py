@@ -35,10 +35,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import pack
 from pydantic import Field
 
 from fedvlm.sections import Section
 from fedvlm.errors import ConfigError
+from fedvlm.batch import per_slot, present_ids_of
 from fedvlm.heads.base import Batch, Head, HeadConfig, normalize, slot_mean
 from fedvlm.retrieval.losses import bidirectional_triplet, consistency, uncertainty_weighted
 
@@ -81,6 +83,8 @@ class RetrievalHead(Head):
             self.classifier = self.slot_parameter(prompts)  # [S, C, D]
         if config.loss.weighting == "uncertainty":
             self.loss_sigma = self.slot_parameter(torch.ones(len(self.terms)))  # [S, terms]
+        else:  # no sigma: nothing private (a declared private name is a parameter the head has)
+            self.private = ()
         self._teacher: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ what subclasses embed
@@ -90,9 +94,12 @@ class RetrievalHead(Head):
         raise NotImplementedError
 
     def embed_captions(self, captions: dict[str, torch.Tensor], slot: torch.Tensor,
-                       weights: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
+                       weights: dict[str, torch.Tensor], train: bool,
+                       present: tuple[int, ...] | None = None) -> torch.Tensor:
         """Normalised caption embeddings ``[T, D]``; ``captions`` holds ``[T, ...]`` rows of the
-        batch's caption inputs (``caption_pooled``, ``caption_tokens``, ...), ``slot [T]``."""
+        batch's caption inputs (``caption_pooled``, ``caption_tokens``, ...), ``slot [T]``;
+        ``present`` the batch's present slot ids (a superset of the captions' slots; None: read
+        from ``slot``, a device sync), for heads that loop over slots."""
         raise NotImplementedError
 
     def teacher_names(self) -> list[str]:
@@ -130,8 +137,8 @@ class RetrievalHead(Head):
         image = self.embed_images(batch, weights)
         inputs, slot, valid = self.caption_inputs(batch)
         captions = image.new_zeros(*valid.shape, image.shape[-1])
-        captions[valid] = self.embed_captions(inputs, slot, weights, train=False)
-        return torch.cat([image.unsqueeze(1), captions], dim=1)
+        captions[valid] = self.embed_captions(inputs, slot, weights, train=False, present=batch.present_slot_ids())
+        return pack([image, captions], "b * d")[0]  # row 0: the image, then its K captions
 
     # -------------------------------------------------------------------------------- DTCL
 
@@ -139,7 +146,8 @@ class RetrievalHead(Head):
         weights = self.weights()
         image = self.embed_images(batch, weights)  # [B, D]
         inputs, slot, _ = self.caption_inputs(batch)  # one caption per image in training
-        text = self.embed_captions(inputs, slot, weights, train=True)  # [B, D]
+        present = batch.present_slot_ids()
+        text = self.embed_captions(inputs, slot, weights, train=True, present=present)  # [B, D]
         per_term = []
         for term in self.terms:
             if term == "cross":  # Eq. 10 within each client's batch
@@ -152,7 +160,8 @@ class RetrievalHead(Head):
                 values = values / len(self.loss_config.classify)
             else:  # Eq. 13 against the teacher's caption embedding
                 with torch.no_grad():
-                    teacher = self.embed_captions(inputs, slot, self._teacher_weights(), train=False)
+                    teacher = self.embed_captions(inputs, slot, self._teacher_weights(), train=False,
+                                                  present=present)
                 values = consistency(image, teacher)
             per_term.append(slot_mean(values, batch.slot, self.num_slots))
         losses = torch.stack(per_term, dim=-1)  # [S, terms]
@@ -192,7 +201,7 @@ class RetrievalHead(Head):
         decay = self.loss_config.ema_decay
         params = self.trainable()
         for name, teacher in self._teacher.items():
-            keep = active.view(-1, *([1] * (teacher.dim() - 1)))
+            keep = per_slot(active, teacher)
             teacher.copy_(torch.where(keep, decay * teacher + (1 - decay) * params[name], teacher))
 
     # ------------------------------------------------------------------- dropout per client
@@ -207,14 +216,18 @@ class RetrievalHead(Head):
         seeds = [int(np.random.SeedSequence([self._seed, round_index, c, 0xD0]).generate_state(1)[0]) for c in clients]
         self._dropout_generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-    def slot_dropout(self, x: torch.Tensor, slot: torch.Tensor, rate: float) -> torch.Tensor:
-        """Inverted dropout on ``x [n, ...]`` with each row's mask drawn from its slot's generator."""
+    def slot_dropout(self, x: torch.Tensor, slot: torch.Tensor, rate: float,
+                     present: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Inverted dropout on ``x [n, ...]`` with each row's mask drawn from its slot's generator;
+        ``present``: the slot ids to draw for, in order (None: those in ``slot``)."""
         if not self.training or rate <= 0:
             return x
         generators = getattr(self, "_dropout_generators", None)
         keep = torch.empty_like(x)
-        for s in torch.unique(slot).tolist():
+        for s in present_ids_of(slot, present):
             rows = torch.nonzero(slot == s).flatten()
+            if not len(rows):  # present in the batch but not among these rows: nothing to draw
+                continue
             generator = generators[s] if generators and s < len(generators) else self.generator
             draw = torch.rand((len(rows), *x.shape[1:]), generator=generator).to(x.device)
             keep[rows] = (draw >= rate).to(x.dtype)

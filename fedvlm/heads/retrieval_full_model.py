@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fedvlm.batch import present_ids_of
 from fedvlm.heads.base import Batch, normalize
 from fedvlm.heads.registry import HEADS
 from fedvlm.heads.retrieval import RetrievalHead, RetrievalHeadConfig, RetrievalLoss
@@ -53,21 +54,23 @@ class RetrievalFullModelHead(RetrievalHead):
 
     def embed_images(self, batch: Batch, weights) -> torch.Tensor:
         out = torch.zeros(len(batch.slot), self.backbone.embed_dim, device=batch.pixels.device)
-        for slot in torch.unique(batch.slot).tolist():
+        for slot in batch.present_slot_ids():
             rows = torch.nonzero(batch.slot == slot).flatten()
             params = {name: weights[f"visual.{key}"][slot] for key, name in self._visual_names.items()}
             with self.backbone._autocast(batch.pixels.device):
                 out[rows] = functional_call(self.backbone.model.visual, params, (batch.pixels[rows],)).float()
         return normalize(out)
 
-    def embed_captions(self, captions, slot, weights, train: bool) -> torch.Tensor:
+    def embed_captions(self, captions, slot, weights, train: bool, present=None) -> torch.Tensor:
         if not self._text_names:
             return normalize(captions["caption_pooled"])
         ids = captions["caption_token_ids"]
         ids = F.pad(ids, (0, self.backbone.context_length - ids.shape[1]))  # positions are added at full length
         out = torch.zeros(len(slot), self.backbone.embed_dim, device=ids.device)
-        for s in torch.unique(slot).tolist():
+        for s in present_ids_of(slot, present):
             rows = torch.nonzero(slot == s).flatten()
+            if not len(rows):  # the slot's images have no caption here
+                continue
             params = {name: weights[f"text.{key}"][s] for key, name in self._text_names.items()}
             with self.backbone._autocast(ids.device):
                 features = functional_call(self.backbone.model, params, (), {"text": ids[rows]})

@@ -16,12 +16,14 @@ import math
 import torch
 from torch import Tensor
 
+from fedvlm.batch import per_slot
+
 
 def slot_linear(x: Tensor, weight: Tensor, bias: Tensor | None, slot: Tensor) -> Tensor:
     """``x [B, ..., i]`` through slot ``slot[b]``'s ``weight [S, i, o]`` and ``bias [S, o]`` -> ``[B, ..., o]``."""
     out = torch.einsum("b...i,bio->b...o", x, weight[slot])
     if bias is not None:
-        out = out + bias[slot].view(len(slot), *([1] * (x.dim() - 2)), -1)
+        out = out + per_slot(bias[slot], out)
     return out
 
 
