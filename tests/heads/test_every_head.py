@@ -92,8 +92,8 @@ class Inputs:
 
     def __init__(self, world: "World", spec: Spec, head_class):
         self.world, self.spec = world, spec
-        self.tokens = getattr(head_class, "needs_text_tokens", False)
-        self.token_ids = getattr(head_class, "needs_text_ids", False)
+        self.tokens = "caption_tokens" in head_class.inputs
+        self.token_ids = "caption_token_ids" in head_class.inputs
 
     def batch(self, rows, slot, train: bool = True, views=None) -> Batch:
         rows = np.asarray(rows)
@@ -198,8 +198,8 @@ def test_every_registered_head_has_a_spec():
 def test_spec_inputs_match_what_the_head_declares(name, tiny_backbone):
     spec = spec_of(name)
     head_class = HEADS.get(name)
-    assert ("patches" in spec.inputs) == head_class.needs_patches
-    assert ("pixels" in spec.inputs) == head_class.needs_pixels
+    for name_of_input in ("patches", "pixels", "captions", "bands"):  # what Head.inputs declares
+        assert (name_of_input in spec.inputs) == (name_of_input in head_class.inputs), name_of_input
     assert ("captions" in spec.inputs) == (head_class.output_kind == "embeddings")
 
 
