@@ -2,7 +2,8 @@
 
 * DomainNet ``domainnet/{<domain>/<class>/<image>.jpg, <domain>_train.txt, <domain>_test.txt}``:
   the official lists hold ``<domain>/<class>/<image>.jpg <label>`` per line, with one label
-  numbering shared by all six domains (clipart, infograph, painting, quickdraw, real, sketch).
+  numbering shared by all six domains (clipart, infograph, painting, quickdraw, real, sketch);
+  the domains whose lists are present are read.
 * Office-Caltech10 ``office_caltech_10/<domain>/<class>/<image>`` (domains amazon, caltech, dslr,
   webcam; 10 classes): an ImageFolder per domain, no official split.
 * ``synthetic_domains/<domain>/<class>/<image>.png``: the synthetic world's client styles as
@@ -33,15 +34,29 @@ DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "s
 OFFICE_CALTECH_DOMAINS = ("amazon", "caltech", "dslr", "webcam")
 
 
-def read_domainnet(location: Path, domains: tuple[str, ...], expected: str) -> tuple:
-    """DomainNet from its official ``<domain>_{train,test}.txt`` lists, ``domains`` only."""
+def read_domainnet(location: Path, domains: tuple[str, ...] | None, expected: str) -> tuple:
+    """DomainNet from its official ``<domain>_{train,test}.txt`` lists.
+
+    ``domains`` None: every domain whose lists are present (a partial download is a smaller
+    DomainNet, in canonical domain order); else those domains, which must be present. The label
+    space is read from every present domain's lists, so ``domainnet_clipart`` and ``domainnet``
+    name the classes alike.
+    """
+    require_dir(location, expected)
+    present = tuple(d for d in DOMAINNET_DOMAINS if (location / f"{d}_train.txt").is_file())
+    chosen = present if domains is None else domains
+    if not chosen:
+        raise DataError(f"DomainNet {location} has no <domain>_train.txt for any of {', '.join(DOMAINNET_DOMAINS)}; "
+                        f"expected {expected}")
     paths: list[Path] = []
     labels: list[int] = []
     domain_of: list[int] = []
     names: dict[int, str] = {}
     rows: dict[str, list[int]] = {"train": [], "test": []}
-    for index, domain in enumerate(domains):
-        require_dir(location / domain, expected)
+    for domain in dict.fromkeys(chosen + present):  # chosen first; the others only for class names
+        kept = domain in chosen
+        if kept:
+            require_dir(location / domain, expected)
         for split in ("train", "test"):
             listing = require_file(location / f"{domain}_{split}.txt", expected)
             for number, line in enumerate(read_lines(listing, "DomainNet list", "<domain>/<class>/<image> <label>"), 1):
@@ -53,16 +68,19 @@ def read_domainnet(location: Path, domains: tuple[str, ...], expected: str) -> t
                 if names.setdefault(int(label), parts[1]) != parts[1]:
                     raise DataError(f"DomainNet list {listing}:{number}: label {label} is class {parts[1]!r} here "
                                     f"but {names[int(label)]!r} elsewhere; expected one class per label")
-                rows[split].append(len(paths))
-                paths.append(location / relative)
-                labels.append(int(label))
-                domain_of.append(index)
+                if kept:
+                    rows[split].append(len(paths))
+                    paths.append(location / relative)
+                    labels.append(int(label))
+                    domain_of.append(chosen.index(domain))
+    if not paths:
+        raise DataError(f"DomainNet lists of {', '.join(chosen)} under {location} list no images; expected {expected}")
     if sorted(names) != list(range(len(names))):
-        gap = min(set(range(max(names, default=0) + 1)) - set(names), default=0)
+        gap = min(set(range(max(names) + 1)) - set(names))
         raise DataError(f"DomainNet {location}: no listed image has label {gap}; expected labels 0..C-1")
     require_images(paths, f"the DomainNet lists under {location}", expected)
     return (paths, np.asarray(labels, dtype=np.int64), [names[c] for c in range(len(names))],
-            np.asarray(domain_of, dtype=np.int64), list(domains),
+            np.asarray(domain_of, dtype=np.int64), list(chosen),
             {split: np.asarray(r, dtype=np.int64) for split, r in rows.items()})
 
 
