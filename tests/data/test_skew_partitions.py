@@ -52,7 +52,7 @@ def test_pathological_test_split_gives_each_client_its_own_classes_in_the_same_s
     labels = _labels(per_class=60)
     train, test = split(labels, (0.5, 0.5), seed=1)
     config = _partition("partition.name=pathological", "partition.num_clients=8",
-                                "partition.classes_per_client=3")
+                        "partition.classes_per_client=3")
     train_shares, test_shares = config(labels[train], 5), config.split_test(labels[test], 5)
     for a, b in zip(train_shares, test_shares):
         assert set(labels[train][a]) == set(labels[test][b])
@@ -165,7 +165,7 @@ def test_quantity_skew_grows_as_beta_shrinks_and_test_split_is_cut_the_same():
     assert np.abs(a / a.sum() - b / b.sum()).max() < 0.02
 
 
-@pytest.mark.parametrize("name,extra", [("pathological", ["partition.classes_per_client=3"),
+@pytest.mark.parametrize("name,extra", [("pathological", ["partition.classes_per_client=3"]),
                                         ("shard", ["partition.shards_per_client=3"]),
                                         ("quantity", ["partition.beta=0.3"]), ("domain", [])])
 def test_new_partitions_are_registered_configurable_and_deterministic(name, extra):
