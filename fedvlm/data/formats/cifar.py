@@ -39,10 +39,16 @@ from fedvlm.files import read_bytes
 if TYPE_CHECKING:
     from fedvlm.data.synthetic.render import RenderedScene
 
-# The globals a protocol-2 pickle of a numeric numpy array names (numpy 1 and 2 module paths).
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1
+    from numpy.core.multiarray import _reconstruct
+
+# The globals a protocol-2/3 pickle of a numeric numpy array names, resolved here rather than by
+# import: the releases (numpy 1) name numpy.core.multiarray, which numpy 2 only keeps as a shim.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
 }
 
 RELEASES = {
@@ -65,7 +71,7 @@ class SafeUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise DataError(f"pickle file {self.where} names the global {module}.{name}; a CIFAR batch holds only "
                             "dicts, lists, bytes and numpy arrays, so it is refused (it could run code)")
-        return super().find_class(module, name)
+        return _ALLOWED[module, name]
 
 
 def safe_load(path: Path, expected: str):
