@@ -84,7 +84,7 @@ class CoOpSplitWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(scene.rgb).save(path, quality=95)
         self.table[split].append([relative, self.label[scene.scene_class], scene.scene_class.replace(" ", "_")])
-        return str(path)
+        return relative
 
     def close(self) -> None:
         self.split_file.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ class ImageNetWriter:
         for folder in targets:
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f"{wnid}_{sample_id:06d}.JPEG", format="JPEG", quality=95)
-        return str(targets[0] / f"{wnid}_{sample_id:06d}.JPEG")
+        return (targets[0] / f"{wnid}_{sample_id:06d}.JPEG").relative_to(self.out).as_posix()
 
     def close(self) -> None:
         text = "".join(f"{synthetic_wnid(label)} {name}\n" for label, name in enumerate(self.classnames))
