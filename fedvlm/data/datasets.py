@@ -517,7 +517,8 @@ def _synthetic_domain_reader(domains: tuple[str, ...]):
 
 SYNTHETIC_DOMAINS = tuple(f"style_{k}" for k in range(4))  # fedvlm generate's default --num-styles 4
 _register_domains("domainnet", "domainnet", "domainnet/{<domain>/<class>/<image>.jpg, <domain>_{train,test}.txt} "
-                  f"for the domains {', '.join(DOMAINNET_DOMAINS)} (those present)", DOMAINNET_DOMAINS, _domainnet_reader, (0.5, 0.5),
+                  f"for the domains {', '.join(DOMAINNET_DOMAINS)} (those present)", DOMAINNET_DOMAINS,
+                  _domainnet_reader, (0.5, 0.5),
                   "a photo of a {}.", None)
 _register_domains("office_caltech10", "office_caltech_10", "office_caltech_10/<domain>/<class>/<image>.jpg for the "
                   f"domains {', '.join(OFFICE_CALTECH_DOMAINS)}", OFFICE_CALTECH_DOMAINS, _office_reader,

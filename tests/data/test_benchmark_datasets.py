@@ -33,7 +33,8 @@ def world(tmp_path_factory):
 def _read(name, root):
     """The real reader on the synthetic files (the class-count check is for the real release)."""
     spec = DATASETS.get(name)
-    location = root / spec.folder if spec.folder.startswith("synthetic_world/") else root / "synthetic_world" / spec.folder
+    synthetic = spec.folder.startswith("synthetic_world/")
+    location = root / spec.folder if synthetic else root / "synthetic_world" / spec.folder
     return spec.read(location, spec)
 
 
@@ -148,7 +149,8 @@ def test_cifar_truncated_batch_and_wrong_shape_are_one_line_errors(world, tmp_pa
     (copy / "data_batch_3").write_bytes((source / "data_batch_3").read_bytes()[:200])
     with pytest.raises(DataError, match="data_batch_3 is not a readable pickle"):
         load_dataset("cifar10", tmp_path)
-    (copy / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}, protocol=3))
+    wrong_shape = {b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}
+    (copy / "data_batch_3").write_bytes(pickle.dumps(wrong_shape, protocol=3))
     with pytest.raises(DataError, match=r"no b'data' uint8 array of shape \[N, 3072\]"):
         load_dataset("cifar10", tmp_path)
 

@@ -107,7 +107,8 @@ def _batch(path: Path, labels_key: bytes, expected: str) -> tuple[np.ndarray, np
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"CIFAR batch {path} has no b'data' uint8 array of shape [N, 3072]; expected {expected}")
     if not isinstance(labels, list) or len(labels) != len(data) or any(type(x) is not int or x < 0 for x in labels):
-        raise DataError(f"CIFAR batch {path} has no list {labels_key!r} of {len(data)} labels >= 0; expected {expected}")
+        raise DataError(f"CIFAR batch {path} has no list {labels_key!r} of {len(data)} labels >= 0; "
+                        f"expected {expected}")
     # rows are 1024 red, then green, then blue values, each row-major 32 x 32
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64)
 
@@ -120,11 +121,13 @@ def read_cifar(location: Path, release: str, expected: str
     meta = safe_load(meta_path, expected)
     names = meta.get(files["names"]) if isinstance(meta, dict) else None
     if not isinstance(names, list) or not names or any(not isinstance(n, bytes) for n in names):
-        raise DataError(f"CIFAR meta file {meta_path} has no list {files['names']!r} of class names; expected {expected}")
+        raise DataError(f"CIFAR meta file {meta_path} has no list {files['names']!r} of class names; "
+                        f"expected {expected}")
     try:
         classnames = [n.decode("utf-8") for n in names]
     except UnicodeDecodeError:
-        raise DataError(f"CIFAR meta file {meta_path} has a class name that is not UTF-8; expected {expected}") from None
+        raise DataError(f"CIFAR meta file {meta_path} has a class name that is not UTF-8; "
+                        f"expected {expected}") from None
     parts = {split: [_batch(location / name, files["labels"], expected) for name in files[split]]
              for split in ("train", "test")}
     images = {split: np.concatenate([p[0] for p in batches]) for split, batches in parts.items()}

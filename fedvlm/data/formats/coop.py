@@ -35,7 +35,8 @@ def read_coop_split(split_file: Path, image_dir: Path, expected: str
     """
     require_dir(image_dir, expected)
     require_file(split_file, expected)
-    table = read_json(split_file, "CoOp split file", '{"train": [[path, label, classname], ...], "val": ..., "test": ...}')
+    table = read_json(split_file, "CoOp split file",
+                      '{"train": [[path, label, classname], ...], "val": ..., "test": ...}')
     if not isinstance(table, dict) or any(not isinstance(table.get(name), list) for name in SPLITS):
         raise DataError(f"CoOp split file {split_file} does not hold the lists train, val and test; expected "
                         '{"train": [[path, label, classname], ...], "val": [...], "test": [...]}')

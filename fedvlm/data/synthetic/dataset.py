@@ -79,7 +79,8 @@ def benchmark_writers(out: Path, chosen: list[str], num_styles: int) -> dict:
         "sun397": ("sun397/SUN397", "sun397/split_zhou_SUN397.json",
                    lambda c, i, s: f"{c[0]}/{_folder(c)}/sun_{i:06d}.jpg"),
         "ucf101": ("ucf101/UCF-101-midframes", "ucf101/split_zhou_UCF101.json",
-                   lambda c, i, s: f"{_title(c)}/v_{_title(c).replace('_', '')}_g{i % 25 + 1:02d}_c{i // 25 % 7 + 1:02d}.jpg"),
+                   lambda c, i, s: f"{_title(c)}/v_{_title(c).replace('_', '')}_g{i % 25 + 1:02d}"
+                                   f"_c{i // 25 % 7 + 1:02d}.jpg"),
     }
     writers = {name: CoOpSplitWriter(out / image_dir, out / split_file, place, names)
                for name, (image_dir, split_file, place) in places.items() if name in chosen}
