@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("out", help="data root to write into, e.g. data/")
     generate.add_argument("--layouts", default="imagefolder,voc2007,coco,captions,multispectral",
                           help="comma-separated: imagefolder, voc2007, coco, rsicd, rsitmd, eurosat, bigearthnet, "
-                               "captions (rsicd+rsitmd), multispectral (eurosat+bigearthnet)")
+                               "oxford_pets, food101, stanford_cars, sun397, ucf101, imagenet (+ -V2/-Sketch/-A/-R), "
+                               "cifar10, cifar100, domainnet, office_caltech10, synthetic_domains; groups: captions "
+                               "(rsicd+rsitmd), multispectral (eurosat+bigearthnet), coop, cifar, domains, benchmarks")
     generate.add_argument("--num-images", type=int, default=1000)
     generate.add_argument("--seed", type=int, default=0, help="world seed (downstream seeds below 1,000,000)")
     generate.add_argument("--num-styles", type=int, default=4, help="client styles (sensor, haze, blur, noise); 0 = none")

@@ -149,15 +149,18 @@ def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np
 
 
 def _partition(config: ExperimentConfig, labels: np.ndarray, rows: np.ndarray,
-               features: torch.Tensor | None, train_features: torch.Tensor | None = None) -> list[np.ndarray]:
+               features: torch.Tensor | None, train_features: torch.Tensor | None = None,
+               domains: np.ndarray | None = None) -> list[np.ndarray]:
     """Client shares of ``rows`` (dataset rows); ``features`` (pooled, same order as ``rows``)
-    for partitions that cluster images instead of reading labels. ``train_features`` marks the
-    test split: it is shared out consistently with the train split those features belong to."""
+    for partitions that cluster images instead of reading labels, ``domains`` (every dataset
+    row's domain id, or None) for partitions by domain. ``train_features`` marks the test split:
+    it is shared out consistently with the train split those features belong to."""
+    row_domains = None if domains is None else domains[rows]
     if train_features is None:
-        shares = config.partition(labels[rows], config.seed, features=features)
+        shares = config.partition(labels[rows], config.seed, features=features, domains=row_domains)
     else:
         shares = config.partition.split_test(labels[rows], config.seed, features=features,
-                                             train_features=train_features)
+                                             train_features=train_features, domains=row_domains)
     return [rows[share] for share in shares]
 
 
@@ -242,9 +245,9 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
         all_reduce=lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu(), barrier=fabric.barrier)
 
     train_features = features.pooled[torch.from_numpy(row_of[train])]
-    train_shares = _partition(config, dataset.labels, train, train_features)
+    train_shares = _partition(config, dataset.labels, train, train_features, domains=dataset.domains)
     test_shares = _partition(config, dataset.labels, test, features.pooled[torch.from_numpy(row_of[test])],
-                             train_features)
+                             train_features, domains=dataset.domains)
     identity["clients"] = _digest(*train_shares, "test", *test_shares)
     _check_identity(expected_identity, identity, "clients", "the partition of the data into clients")
 

@@ -32,7 +32,7 @@ CASES = [
     (["head.name=nosuchhead"], "head.name: unknown head 'nosuchhead'; expected one of:"),
     (["algorithm.name=fedsgd"], "algorithm.name: unknown algorithm 'fedsgd'; expected one of: dp_fedavg, "
                                 "fedadagrad, fedadam, fedavg"),
-    (["data.dataset=imagenet"], "data.dataset: unknown dataset 'imagenet'; expected one of:"),
+    (["data.dataset=imagenet21k"], "data.dataset: unknown dataset 'imagenet21k'; expected one of:"),
     (["partition.name=shards"], "partition.name: unknown partition 'shards'; expected one of:"),
     (["partition.alpha=0"], "partition.alpha: input should be greater than 0 (got 0)"),
     (["partition.alpha=-1"], "partition.alpha: input should be greater than 0 (got -1)"),

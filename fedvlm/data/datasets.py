@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvlm.data.folders import IMAGE_SUFFIXES, scan_image_folder
+from fedvlm.data.formats.domains import DOMAINNET_DOMAINS, OFFICE_CALTECH_DOMAINS
 from fedvlm.data.types import DatasetSpec, LabelledImages  # noqa: F401  (re-exported)
 from fedvlm.errors import DataError
 from fedvlm.files import read_json, read_lines, read_text
@@ -378,3 +379,147 @@ register(DatasetSpec("synthetic_bigearthnet", "synthetic_world/BigEarthNet-v1.0"
                      "synthetic_world/BigEarthNet-v1.0/<patch>/... (write it with generate_dataset('<data root>/"
                      "synthetic_world', layouts=['bigearthnet']))", read_bigearthnet_level3, (0.6, 0.2, 0.2),
                      "a satellite image of {}.", None, _SYNTHETIC_LAND_COVER_NAMES, task="multilabel"))
+
+
+# ------------------------------------------------ the prompt-learning benchmarks (CoOp, FedOTP, FedTPG)
+#
+# Readers live in fedvlm.data.formats (coop, imagenet, cifar, domains); these adapters turn them
+# into LabelledImages with the dataset's official rows and, for multi-domain data, each image's
+# domain. The synthetic world writes every layout: generate_dataset(out, layouts=["benchmarks"]).
+
+
+def _coop_reader(image_dir: str, split_file: str):
+    """A reader of a CoOp ``split_zhou_*.json`` dataset: its train/val/test rows are official."""
+    def read(location: Path, spec: DatasetSpec) -> LabelledImages:
+        from fedvlm.data.formats.coop import read_coop_split
+
+        paths, labels, names, rows = read_coop_split(location / split_file, location / image_dir, spec.layout)
+        return LabelledImages(paths, labels, [spec.classname(n) for n in names], rows)
+    return read
+
+
+def read_imagenet_splits(location: Path, spec: DatasetSpec) -> LabelledImages:
+    """ImageNet: images/train for training, images/val (50 per class) for testing, as CoOp."""
+    from fedvlm.data.formats.imagenet import read_imagenet
+
+    paths, labels, names, rows = read_imagenet(location, spec.layout)
+    return LabelledImages(paths, labels, [spec.classname(n) for n in names], rows)
+
+
+def read_imagenet_v2_folders(location: Path, spec: DatasetSpec) -> LabelledImages:
+    from fedvlm.data.formats.imagenet import read_imagenet_v2
+
+    paths, labels, names = read_imagenet_v2(location, "imagenetv2-matched-frequency-format-val", spec.layout)
+    return LabelledImages(paths, labels, [spec.classname(n) for n in names])
+
+
+def _wnid_reader(*image_dirs: str):
+    """ImageNet-Sketch / -A / -R: wnid folders, labelled over the classes present (CoOp)."""
+    def read(location: Path, spec: DatasetSpec) -> LabelledImages:
+        from fedvlm.data.formats.imagenet import read_wnid_folders
+
+        paths, labels, names = read_wnid_folders(location, image_dirs, spec.layout)
+        return LabelledImages(paths, labels, [spec.classname(n) for n in names])
+    return read
+
+
+def _cifar_reader(release: str):
+    """CIFAR python batches (read by a restricted unpickler); the official 50,000 / 10,000 split."""
+    def read(location: Path, spec: DatasetSpec) -> LabelledImages:
+        from fedvlm.data.formats.cifar import read_cifar
+
+        paths, labels, names, rows = read_cifar(location, release, spec.layout)
+        return LabelledImages(paths, labels, [spec.classname(n) for n in names], rows)
+    return read
+
+
+def _with_domains(spec: DatasetSpec, read: tuple) -> LabelledImages:
+    paths, labels, names, domains, domain_names, rows = read
+    return LabelledImages(paths, labels, [spec.classname(n) for n in names], rows, domains, domain_names)
+
+
+def _domainnet_reader(domains: tuple[str, ...]):
+    domains = None if domains == DOMAINNET_DOMAINS else domains  # all: the domains present
+
+    def read(location: Path, spec: DatasetSpec) -> LabelledImages:
+        from fedvlm.data.formats.domains import read_domainnet
+
+        return _with_domains(spec, read_domainnet(location, domains, spec.layout))
+    return read
+
+
+def _domain_folder_reader(all_domains: tuple[str, ...] | None, domains: tuple[str, ...] | None = None):
+    def read(location: Path, spec: DatasetSpec) -> LabelledImages:
+        from fedvlm.data.formats.domains import read_domain_folders
+
+        return _with_domains(spec, read_domain_folders(location, all_domains, domains, spec.layout))
+    return read
+
+
+register(DatasetSpec("oxford_pets", "oxford_pets",
+                     "oxford_pets/{images/<Breed>_<n>.jpg, annotations/, split_zhou_OxfordPets.json}",
+                     _coop_reader("images", "split_zhou_OxfordPets.json"), (0.5, 0.5),
+                     "a photo of a {}, a type of pet.", 37))
+register(DatasetSpec("food101", "food-101", "food-101/{images/<class>/<id>.jpg, split_zhou_Food101.json}",
+                     _coop_reader("images", "split_zhou_Food101.json"), (0.5, 0.5),
+                     "a photo of {}, a type of food.", 101))
+register(DatasetSpec("stanford_cars", "stanford_cars",
+                     "stanford_cars/{cars_train/<nnnnn>.jpg, cars_test/<nnnnn>.jpg, split_zhou_StanfordCars.json}",
+                     _coop_reader(".", "split_zhou_StanfordCars.json"), (0.5, 0.5), "a photo of a {}.", 196))
+register(DatasetSpec("sun397", "sun397", "sun397/{SUN397/<letter>/<class>[/<subclass>]/sun_<id>.jpg, "
+                     "split_zhou_SUN397.json}", _coop_reader("SUN397", "split_zhou_SUN397.json"), (0.5, 0.5),
+                     "a photo of a {}.", 397))
+register(DatasetSpec("ucf101", "ucf101", "ucf101/{UCF-101-midframes/<Class_Name>/v_<Class>_g<NN>_c<NN>.jpg, "
+                     "split_zhou_UCF101.json}", _coop_reader("UCF-101-midframes", "split_zhou_UCF101.json"),
+                     (0.5, 0.5), "a photo of a person doing {}.", 101))
+register(DatasetSpec("imagenet", "imagenet", "imagenet/{classnames.txt, images/train/<wnid>/<image>.JPEG, "
+                     "images/val/<wnid>/<image>.JPEG}", read_imagenet_splits, (0.5, 0.5), "a photo of a {}.", 1000))
+register(DatasetSpec("imagenet_v2", "imagenetv2", "imagenetv2/{classnames.txt, "
+                     "imagenetv2-matched-frequency-format-val/<0..999>/<image>.jpeg}", read_imagenet_v2_folders,
+                     (0.5, 0.5), "a photo of a {}.", 1000))
+register(DatasetSpec("imagenet_sketch", "imagenet-sketch",
+                     "imagenet-sketch/{classnames.txt, images/<wnid>/<image>.JPEG} (or the release's sketch/<wnid>/)",
+                     _wnid_reader("images", "sketch"), (0.5, 0.5), "a photo of a {}.", 1000))
+register(DatasetSpec("imagenet_a", "imagenet-adversarial",
+                     "imagenet-adversarial/{classnames.txt, imagenet-a/<wnid>/<image>.jpg} (200 wnids)",
+                     _wnid_reader("imagenet-a"), (0.5, 0.5), "a photo of a {}.", 200))
+register(DatasetSpec("imagenet_r", "imagenet-rendition",
+                     "imagenet-rendition/{classnames.txt, imagenet-r/<wnid>/<image>.jpg} (200 wnids)",
+                     _wnid_reader("imagenet-r"), (0.5, 0.5), "a photo of a {}.", 200))
+register(DatasetSpec("cifar10", "cifar-10-batches-py",
+                     "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python pickles)",
+                     _cifar_reader("cifar10"), (0.5, 0.5), "a photo of a {}.", 10))
+register(DatasetSpec("cifar100", "cifar-100-python", "cifar-100-python/{train, test, meta} (the python pickles)",
+                     _cifar_reader("cifar100"), (0.5, 0.5), "a photo of a {}.", 100))
+
+
+def _register_domains(name: str, folder: str, layout: str, domains: tuple[str, ...], reader, split, template,
+                      num_classes) -> None:
+    """``name`` (every domain, with each image's domain) and ``name_<domain>`` (one domain, the
+    same classes): the first for one-domain-per-client partitions, the others for training or
+    testing on a single domain."""
+    register(DatasetSpec(name, folder, layout, reader(domains), split, template, num_classes))
+    for domain in domains:
+        register(DatasetSpec(f"{name}_{domain}", folder, layout, reader((domain,)), split, template, num_classes))
+
+
+def _office_reader(domains: tuple[str, ...]):
+    return _domain_folder_reader(OFFICE_CALTECH_DOMAINS, domains)
+
+
+def _synthetic_domain_reader(domains: tuple[str, ...]):
+    return _domain_folder_reader(None, None if domains == SYNTHETIC_DOMAINS else domains)
+
+
+SYNTHETIC_DOMAINS = tuple(f"style_{k}" for k in range(4))  # fedvlm generate's default --num-styles 4
+_register_domains("domainnet", "domainnet", "domainnet/{<domain>/<class>/<image>.jpg, <domain>_{train,test}.txt} "
+                  f"for the domains {', '.join(DOMAINNET_DOMAINS)} (those present)", DOMAINNET_DOMAINS,
+                  _domainnet_reader, (0.5, 0.5),
+                  "a photo of a {}.", None)
+_register_domains("office_caltech10", "office_caltech_10", "office_caltech_10/<domain>/<class>/<image>.jpg for the "
+                  f"domains {', '.join(OFFICE_CALTECH_DOMAINS)}", OFFICE_CALTECH_DOMAINS, _office_reader,
+                  (0.7, 0.15, 0.15), "a photo of a {}.", 10)
+_register_domains("synthetic_domains", "synthetic_world/synthetic_domains",
+                  "synthetic_world/synthetic_domains/<style_k>/<class>/<image>.png (write it with generate_dataset("
+                  "'<data root>/synthetic_world', layouts=['synthetic_domains']))", SYNTHETIC_DOMAINS,
+                  _synthetic_domain_reader, (0.5, 0.5), "an aerial photo of a {}.", None)

@@ -7,8 +7,13 @@ with the same seed to the train and the test split gives every client matching c
 distributions, which is what personalised evaluation needs.
 
 Registered partitions (``partition.name`` in a config): ``even_per_class`` (Fed-RSIC),
-``dirichlet``, ``iid``, ``centralized`` (one client holding everything) and ``feature_clusters``
-(FedMPT: k-means of zero-shot image features, one cluster per client).
+``dirichlet``, ``iid``, ``centralized`` (one client holding everything), ``feature_clusters``
+(FedMPT: k-means of zero-shot image features, one cluster per client), ``pathological`` (k
+classes per client), ``shard`` (McMahan et al.'s label-sorted shards), ``domain`` (one domain
+per client) and ``quantity`` (Dirichlet client sizes, the quantity skew of NIID-Bench).
+
+A partition is called with the split's labels, the seed and, when the dataset has them, image
+features and each image's domain (``domains``, ``[N]`` ids; see ``LabelledImages.domains``).
 """
 
 from __future__ import annotations
@@ -149,6 +154,114 @@ def iid(labels: Sequence[int], num_clients: int, seed: int) -> list[np.ndarray]:
     return [np.sort(chunk) for chunk in np.array_split(order, num_clients)]
 
 
+def _num_classes(labels: np.ndarray) -> int:
+    return int(labels.max()) + 1 if labels.size else 0
+
+
+def _deal_evenly(members: np.ndarray, holders: Sequence[int], shares: list[list[np.ndarray]]) -> None:
+    """``members`` cut into ``len(holders)`` near-equal consecutive chunks, chunk j to ``holders[j]``."""
+    for client, chunk in zip(holders, np.array_split(members, len(holders))):
+        shares[client].append(chunk)
+
+
+def _joined(shares: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.sort(np.concatenate(s)).astype(np.int64) if s else np.array([], dtype=np.int64) for s in shares]
+
+
+def pathological_classes(num_classes: int, num_clients: int, classes_per_client: int, seed: int) -> list[np.ndarray]:
+    """The classes of every client: client i holds ``order[(i k + j) mod C]`` for j < k, ``order``
+    a seeded permutation of the C classes. The k classes of a client are distinct (k <= C) and
+    every class is held by floor or ceil of K k / C clients (all classes are used when K k >= C)."""
+    order = _rng(seed, 0).permutation(num_classes)
+    return [np.sort(order[(client * classes_per_client + np.arange(classes_per_client)) % num_classes])
+            for client in range(num_clients)]
+
+
+def pathological(labels: Sequence[int], num_clients: int, classes_per_client: int, seed: int) -> list[np.ndarray]:
+    """The pathological non-IID partition (McMahan et al. 2017, Sec. 3; the "k classes per
+    client" setting of PromptFL and FedOTP): every client holds exactly ``classes_per_client``
+    classes; a class's images are split evenly among the clients holding it. The classes each
+    client holds depend on (seed, C, K, k) only, so the test split gives every client its own
+    classes in the same even shares."""
+    labels = np.asarray(labels)
+    num_classes = _num_classes(labels)
+    if classes_per_client > num_classes:
+        raise ConfigError(f"partition.classes_per_client: {classes_per_client} classes per client, but the split has "
+                          f"only {num_classes} classes; expected at most {num_classes}")
+    held = pathological_classes(num_classes, num_clients, classes_per_client, seed)
+    holders = [[client for client in range(num_clients) if c in held[client]] for c in range(num_classes)]
+    shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c, members in enumerate(_class_members(labels, _rng(seed, 1))):
+        if holders[c] and len(members) < len(holders[c]):
+            raise ConfigError(f"partition.classes_per_client: class {c} has {len(members)} images in the split but "
+                              f"is held by {len(holders[c])} clients, so some would not hold {classes_per_client} "
+                              "classes; expected fewer clients or classes per client, or more images per class")
+        if holders[c]:
+            _deal_evenly(members, holders[c], shares)
+    return _joined(shares)
+
+
+def shard(labels: Sequence[int], num_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
+    """McMahan et al.'s shards (2017, Sec. 3: "sort the data by digit label, divide it into 200
+    shards of size 300, and assign each of 100 clients 2 shards"): the split sorted by label
+    (seeded order within a class) is cut into ``K * s`` near-equal consecutive shards, and a
+    seeded permutation deals ``s`` shards to every client. Shard j covers the same quantiles of
+    the label-sorted order in any split, so with the stratified train/test split (same class
+    proportions) a client's test shards hold the classes of its training shards."""
+    labels = np.asarray(labels)
+    count = num_clients * shards_per_client
+    if count > len(labels):
+        raise ConfigError(f"partition.shards_per_client: {num_clients} clients x {shards_per_client} shards = {count} "
+                          f"shards, but the split has only {len(labels)} images; expected at most one shard per image")
+    order = np.concatenate(_class_members(labels, _rng(seed, 1))) if labels.size else np.array([], dtype=int)
+    shards = np.array_split(order, count)
+    dealt = _rng(seed, 0).permutation(count).reshape(num_clients, shards_per_client)
+    return [np.sort(np.concatenate([shards[j] for j in dealt[client]])).astype(np.int64)
+            for client in range(num_clients)]
+
+
+def domain_partition(labels: Sequence[int], domains: Sequence[int], num_clients: int, seed: int) -> list[np.ndarray]:
+    """One domain per client (FedBN's and FedOTP's feature-shift setting: DomainNet,
+    Office-Caltech10): with D domains and K = m D clients, clients d m .. d m + m - 1 hold domain
+    d, its images dealt evenly per class among them (``even_per_class`` within the domain). Client
+    k's domain is ``k // m`` in every split, so it is tested on the domain it trains on."""
+    labels, domains = np.asarray(labels), np.asarray(domains)
+    num_domains = int(domains.max()) + 1 if domains.size else 0
+    if num_domains == 0 or num_clients % num_domains:
+        raise ConfigError(f"partition.num_clients: {num_clients} clients for {num_domains} domains; expected a "
+                          f"multiple of {max(num_domains, 1)} (one domain per client, m clients per domain)")
+    per_domain = num_clients // num_domains
+    shares: list[np.ndarray] = []
+    for d in range(num_domains):
+        rows = np.flatnonzero(domains == d)
+        shares += [rows[part] for part in even_per_class(labels[rows], per_domain, seed + d)] if rows.size else \
+            [np.array([], dtype=np.int64)] * per_domain
+    return [np.sort(share).astype(np.int64) for share in shares]
+
+
+def quantity_proportions(num_clients: int, beta: float, seed: int) -> np.ndarray:
+    """``[K]`` client sizes as fractions of the split, ``q ~ Dir(beta * 1_K)``."""
+    return _rng(seed, 0).dirichlet(np.full(num_clients, float(beta)))
+
+
+def quantity(labels: Sequence[int], num_clients: int, beta: float, seed: int) -> list[np.ndarray]:
+    """Quantity skew (NIID-Bench, Li et al. 2022, Sec. IV-C): client sizes ``q ~ Dir(beta)``, labels
+    as in the whole split. Every class is cut at the cumulative ``q`` (largest remainders), so
+    client k holds ``q_k n_c`` images of class c up to rounding: its size follows the skew, its
+    class mix is the split's, and the test split is cut by the same ``q``. Small beta leaves some
+    clients with few or no images (they then have weight 0 in FedAvg)."""
+    labels = np.asarray(labels)
+    proportions = quantity_proportions(num_clients, beta, seed)
+    shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for members in _class_members(labels, _rng(seed, 1)):
+        exact = proportions * len(members)
+        sizes = np.floor(exact).astype(int)
+        sizes[np.argsort(-(exact - sizes), kind="stable")[: len(members) - sizes.sum()]] += 1
+        for client, chunk in enumerate(np.split(members, np.cumsum(sizes)[:-1])):
+            shares[client].append(chunk)
+    return _joined(shares)
+
+
 # --------------------------------------------------------------------------- registry entries
 
 
@@ -157,16 +270,18 @@ class PartitionConfig(ComponentConfig):
 
     num_clients: int = Field(10, gt=0)
     needs_features: ClassVar[bool] = False  # True: partitions image features, not labels
+    needs_domains: ClassVar[bool] = False  # True: partitions by each image's domain
 
-    def __call__(self, labels: Sequence[int], seed: int, features=None) -> list[np.ndarray]:
+    def __call__(self, labels: Sequence[int], seed: int, features=None, domains=None) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def split_test(self, labels: Sequence[int], seed: int, features=None, train_features=None) -> list[np.ndarray]:
+    def split_test(self, labels: Sequence[int], seed: int, features=None, train_features=None,
+                   domains=None) -> list[np.ndarray]:
         """Client shares of the test split (every client is also evaluated on its own share).
         Default: the same partition with the same seed, which gives each client the class
         proportions it trains on. ``train_features`` are the features the train split was
         partitioned with (partitions of image features assign test images to its clusters)."""
-        return self(labels, seed, features=features)
+        return self(labels, seed, features=features, domains=domains)
 
     def clients(self) -> int:
         return self.num_clients
@@ -181,7 +296,7 @@ class PartitionConfig(ComponentConfig):
 
 @PARTITIONS.register("even_per_class")
 class EvenPerClass(PartitionConfig):
-    def __call__(self, labels, seed, features=None):
+    def __call__(self, labels, seed, features=None, domains=None):
         return even_per_class(labels, self.num_clients, seed)
 
 
@@ -189,13 +304,13 @@ class EvenPerClass(PartitionConfig):
 class Dirichlet(PartitionConfig):
     alpha: float = Field(0.5, gt=0)
 
-    def __call__(self, labels, seed, features=None):
+    def __call__(self, labels, seed, features=None, domains=None):
         return dirichlet(labels, self.num_clients, self.alpha, seed)
 
 
 @PARTITIONS.register("iid")
 class IID(PartitionConfig):
-    def __call__(self, labels, seed, features=None):
+    def __call__(self, labels, seed, features=None, domains=None):
         return iid(labels, self.num_clients, seed)
 
 
@@ -208,8 +323,53 @@ class Centralized(PartitionConfig):
     # a renamed section (partition.name=centralized) does not carry num_clients over: it is fixed at 1
     fixed_keys: ClassVar[tuple[str, ...]] = ("num_clients",)
 
-    def __call__(self, labels, seed, features=None):
+    def __call__(self, labels, seed, features=None, domains=None):
         return [np.arange(len(labels))]
+
+
+@PARTITIONS.register("pathological")
+class Pathological(PartitionConfig):
+    """``partition: {name: pathological, num_clients: K, classes_per_client: k}``."""
+
+    classes_per_client: int = Field(2, gt=0)  # McMahan et al.: two digits per client
+
+    def __call__(self, labels, seed, features=None, domains=None):
+        return pathological(labels, self.num_clients, self.classes_per_client, seed)
+
+
+@PARTITIONS.register("shard")
+class Shard(PartitionConfig):
+    """``partition: {name: shard, num_clients: K, shards_per_client: s}``."""
+
+    shards_per_client: int = Field(2, gt=0)  # McMahan et al.: 200 shards, 2 per client
+
+    def __call__(self, labels, seed, features=None, domains=None):
+        return shard(labels, self.num_clients, self.shards_per_client, seed)
+
+
+@PARTITIONS.register("domain")
+class Domain(PartitionConfig):
+    """``partition: {name: domain, num_clients: K}``: one domain per client (K a multiple of the
+    number of domains); needs a dataset with domains (domainnet, office_caltech10,
+    synthetic_domains)."""
+
+    needs_domains: ClassVar[bool] = True
+
+    def __call__(self, labels, seed, features=None, domains=None):
+        if domains is None:
+            raise ConfigError("partition.name: domain gives every client one domain, but the dataset has no domains; "
+                              "expected a multi-domain data.dataset (domainnet, office_caltech10, synthetic_domains)")
+        return domain_partition(labels, domains, self.num_clients, seed)
+
+
+@PARTITIONS.register("quantity")
+class Quantity(PartitionConfig):
+    """``partition: {name: quantity, num_clients: K, beta: 0.5}``: Dirichlet(beta) client sizes."""
+
+    beta: float = Field(0.5, gt=0)  # NIID-Bench's default
+
+    def __call__(self, labels, seed, features=None, domains=None):
+        return quantity(labels, self.num_clients, self.beta, seed)
 
 
 # ------------------------------------------------------------------ FedMPT heterogeneity partition
@@ -313,12 +473,12 @@ class FeatureClusters(PartitionConfig):
 
     needs_features: ClassVar[bool] = True
 
-    def __call__(self, labels, seed, features=None):
+    def __call__(self, labels, seed, features=None, domains=None):
         if features is None:
             raise ConfigError("partition.name: feature_clusters clusters image features, but none were given")
         return feature_clusters(features, self.num_clients, seed)[0]
 
-    def split_test(self, labels, seed, features=None, train_features=None):
+    def split_test(self, labels, seed, features=None, train_features=None, domains=None):
         if features is None or train_features is None:
             raise ConfigError("partition.name: feature_clusters needs the train and test image features")
         _, centroids = feature_clusters(train_features, self.num_clients, seed)

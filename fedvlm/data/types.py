@@ -24,6 +24,10 @@ class LabelledImages:
     classnames: list[str]  # prompt text of every class, in label order
     # the dataset's own train/test rows when it ships a split (VOC trainval/test, COCO train/val)
     official_splits: dict[str, np.ndarray] | None = None
+    # multi-domain datasets (DomainNet, Office-Caltech10, synthetic_domains): ``domains[i]`` [N]
+    # int64 indexes ``domain_names``; None for single-domain data (the ``domain`` partition needs it)
+    domains: np.ndarray | None = None
+    domain_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
