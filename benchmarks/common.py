@@ -61,7 +61,7 @@ def one_client_step(head: CoOpHead, optimizer: SlotOptimizer, image: torch.Tenso
     params, device = head.trainable(), image.device
     batch = Batch(labels=labels.to(device), slot=torch.zeros(len(labels), dtype=torch.long, device=device), image=image)
     grads = torch.autograd.grad(head.training_loss(batch).sum(), list(params.values()))
-    optimizer.step(dict(zip(params, grads)), torch.full((1,), lr, device=device),
+    optimizer.update(dict(zip(params, grads)), torch.full((1,), lr, device=device),
                    torch.ones(1, dtype=torch.bool, device=device))
 
 

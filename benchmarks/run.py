@@ -16,13 +16,15 @@ is a ratio (issue 7):
 * memory: peak memory per stacked client and the clients that fit in 20 GiB (tiny model);
 * shared prefix: the text encoder with the prompts' common prefix run once vs once per class;
 * published style: one local epoch the way published prompt-learning code runs it vs fedvlm;
-* algorithms: the round loop under each registered algorithm relative to FedAvg.
+* algorithms: the round loop under each registered algorithm relative to FedAvg;
+* head module: the HeadModule's hook-driven local loop vs the plain loop it replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import json
 import os
 import platform
@@ -286,6 +288,74 @@ def published_style(quick: bool, device: str) -> list[dict]:
     return rows
 
 
+def head_module(quick: bool, device: str) -> list[dict]:
+    """CoOp on the tiny CLIP, one local round (32 images per client, batch 8, 10 classes), clients
+    stacked ``slots`` at a time: client-steps per second of ``train_pass`` driving the HeadModule's
+    hooks (training_step, backward, on_before_optimizer_step, SlotOptimizer.step,
+    on_train_batch_end) vs the plain loop it replaced (autograd.grad, then the optimizer's
+    elementwise update; written out in the benchmark as the reference). Both end with the same parameters
+    (``max_difference``). Best of 7 interleaved timings, each after a warm-up."""
+    from fedvlm.client.batches import FeatureBatches
+    from fedvlm.client.module import HeadModule
+    from fedvlm.client.optim import SlotOptimizer
+    from fedvlm.client.training import ClientTask, batch_schedule, client_generator, train_pass
+    from fedvlm.config import OptimConfig
+    from fedvlm.heads.coop import CoOpConfig, CoOpHead
+
+    backbone = FrozenCLIP.load("fedvlm-tiny", None, device=device)
+    rows = []
+    for clients, slots in ((10, 1), (10, 10)) if quick else ((10, 1), (10, 10), (50, 50)):
+        torch.manual_seed(0)
+        n = clients * 32
+        data = FeatureBatches(torch.randn(n, backbone.embed_dim), None, torch.randint(0, 10, (n,)), device)
+        head = CoOpHead(CoOpConfig(name="coop", n_ctx=4), backbone, classnames(10), "a photo of a {}.",
+                        num_slots=slots).to(device)
+        module = HeadModule(head=head).to(device)
+        optimizer = SlotOptimizer(head.trainable(), OptimConfig(batch_size=8))
+        start = head.read_slot(0)
+        groups = [[ClientTask(k, np.arange(k * 32, (k + 1) * 32), start, None)
+                   for k in range(first, min(first + slots, clients))] for first in range(0, clients, slots)]
+        ends = {}
+
+        def hooks():
+            for tasks in groups:
+                for r in train_pass(module, optimizer, tasks, data, batch_size=8, epochs=1, steps=None, lr=0.01,
+                                    seed=0, round_index=0):
+                    ends[("hooks", r.client)] = r.params["context"]
+
+        def plain():  # the loop before HeadModule: autograd.grad and the elementwise update
+            params = head.trainable()
+            for tasks in groups:
+                for slot, task in enumerate(tasks):
+                    head.write_slot(slot, task.start)
+                    optimizer.write_slot(slot, None)
+                schedules = [batch_schedule(t.indices, 8, 1, None, client_generator(0, 0, t.client)) for t in tasks]
+                for step in range(max(len(s) for s in schedules)):
+                    live = [slot for slot, s in enumerate(schedules) if step < len(s)]
+                    active = torch.zeros(slots, dtype=torch.bool, device=device)
+                    active[live] = True
+                    batch = data.batch(np.concatenate([schedules[s][step] for s in live]),
+                                       np.concatenate([np.full(len(schedules[s][step]), s) for s in live]))
+                    per_slot = head.training_loss(batch) * active
+                    grads = torch.autograd.grad(per_slot.sum(), list(params.values()))
+                    optimizer.update(dict(zip(params, grads)), torch.full((slots,), 0.01, device=device), active)
+                    head.after_step(active)
+                for slot, task in enumerate(tasks):  # what a pass hands back: parameters and optimizer state
+                    ends[("plain", task.client)] = head.read_slot(slot)["context"]
+                    optimizer.read_slot(slot)
+
+        steps = clients * 4
+        # interleaved, best of 7 each: on a shared machine the load changes between two timings
+        hooks_s, plain_s = math.inf, math.inf
+        for _ in range(7):
+            hooks_s, plain_s = min(hooks_s, _best_of(1, hooks, device)), min(plain_s, _best_of(1, plain, device))
+        difference = max(float((ends[("hooks", k)] - ends[("plain", k)]).abs().max()) for k in range(clients))
+        rows.append({"clients": clients, "slots": slots, "plain_steps_per_s": steps / plain_s,
+                     "head_module_steps_per_s": steps / hooks_s, "ratio": plain_s / hooks_s,
+                     "max_difference": difference})
+    return rows
+
+
 def _best_of(repeats: int, work, device: str = "cpu") -> float:
     """The fastest of ``repeats`` timings of ``work()`` after one untimed warm-up call."""
     work()
@@ -351,7 +421,7 @@ def algorithms(quick: bool, device: str) -> list[dict]:
 
 BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
               "processes": processes, "memory": memory, "shared_prefix": shared_prefix,
-              "published_style": published_style, "algorithms": algorithms}
+              "published_style": published_style, "algorithms": algorithms, "head_module": head_module}
 
 
 # --------------------------------------------------------------------------------- report

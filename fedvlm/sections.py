@@ -170,7 +170,9 @@ class RuntimeConfig(Section):
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
     devices: int = Field(1, gt=0)
     num_nodes: int = Field(1, gt=0)
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    # 'ddp_notebook': the fork launcher, for several GPUs from a Jupyter kernel (CUDA must not be
+    # touched in the kernel before the run starts); 'ddp_spawn' the spawn launcher; 'ddp' subprocesses
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_notebook"] = "auto"
     # 'batched' trains the clients of a rank together in one forward pass; 'sequential' one by one.
     execution: Literal["sequential", "batched"] = "batched"
     clients_per_pass: int = Field(64, gt=0)  # upper bound on clients stacked into one pass

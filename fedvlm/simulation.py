@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from fedvlm.algorithms import ClientUpdate, ServerRound, zeros_like_state
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
+from fedvlm.client.module import HeadModule
 from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
@@ -302,8 +303,11 @@ def client_steps(federation: Federation) -> list[int]:
 
 
 def train_clients(federation: Federation, state: ServerState, optimizer: SlotOptimizer, clients: list[int],
-                  round_index: int, progress=None) -> list[ClientResult]:
+                  round_index: int, progress=None, module: HeadModule | None = None, fabric=None) -> list[ClientResult]:
+    """Local training of ``clients`` this round, ``num_slots`` at a time, through the process's
+    one ``module`` (:class:`HeadModule` around the federation's head; made here when not given)."""
     config, head = federation.config, federation.head
+    module = module if module is not None else HeadModule(config, head=head)
     keep_optimizer = config.optim.keep_state
     head.begin_round(RoundContext(round_index, state.global_shared, state.uploads))
     results: list[ClientResult] = []
@@ -313,10 +317,11 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
                             state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k))
                  for k in group]
         results += train_pass(
-            head, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
+            module, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
             epochs=config.federation.local_epochs, steps=config.federation.local_steps,
             lr=learning_rate(config, round_index), seed=config.seed, round_index=round_index,
-            algorithm=federation.algorithm, global_shared=state.global_shared, server_state=state.algorithm)
+            algorithm=federation.algorithm, global_shared=state.global_shared, server_state=state.algorithm,
+            fabric=fabric)
         if progress is not None:
             progress.update(len(group))
     return results
@@ -481,6 +486,12 @@ def evaluate(federation: Federation, state: ServerState, fabric) -> dict:
 # ---------------------------------------------------------------------------------- driver
 
 
+# runtime.strategy -> how Lightning starts the processes: spawn and fork (Lightning's
+# "ddp_notebook", the one that works from a Jupyter kernel) run a function in new processes;
+# everything else re-runs the command in subprocesses
+_START_METHODS = {"ddp_spawn": "spawn", "ddp_notebook": "fork"}
+
+
 def make_fabric(config: ExperimentConfig):
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
@@ -490,7 +501,7 @@ def make_fabric(config: ExperimentConfig):
     strategy = "auto"
     if runtime.devices > 1 or runtime.num_nodes > 1:
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-        strategy = DDPStrategy(start_method="spawn" if runtime.strategy == "ddp_spawn" else "popen",
+        strategy = DDPStrategy(start_method=_START_METHODS.get(runtime.strategy, "popen"),
                                timeout=timedelta(seconds=runtime.ddp_timeout_s),
                                process_group_backend="gloo" if on_cpu else None)
     return Fabric(accelerator=accelerator, devices=runtime.devices, num_nodes=runtime.num_nodes, strategy=strategy,
@@ -501,7 +512,7 @@ def run(config: ExperimentConfig) -> dict:
     """Run an experiment; returns the summary on rank 0 and ``{}`` on other ranks."""
     lightning_loggers.check_installed(config.logging.backends)  # before any data is loaded
     fabric = make_fabric(config)
-    if config.runtime.strategy == "ddp_spawn" and fabric.world_size > 1:
+    if config.runtime.strategy in _START_METHODS and fabric.world_size > 1:
         return fabric.launch(_run_on_rank, config)
     fabric.launch()
     return _run_on_rank(fabric, config)
@@ -540,6 +551,9 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     is_main = fabric.global_rank == 0
     steps_per_round = client_steps(federation)
     head = federation.head
+    # the process's one module and optimizer, reused for every client (clients are slots); moved,
+    # never set up by Fabric: no DDP wrapper, ranks train different clients
+    module = HeadModule(config, head=head).to(fabric.device)
     optimizer = SlotOptimizer(head.trainable(), config.optim) if head.trainable() else None
     algorithm = config.algorithm
     global_shared = {n: federation.initial[n] for n in head.shared_names()}
@@ -578,7 +592,8 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
                   disable=not show) as client_bar, marginals.recording():
-            results = train_clients(federation, state, optimizer, mine, round_index, client_bar) if optimizer else []
+            results = train_clients(federation, state, optimizer, mine, round_index, client_bar, module,
+                                    fabric) if optimizer else []
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer, packed_extras,
                                  packed_algorithm) if optimizer else []
         _crash_if_requested("mid_round", round_index + 1)

@@ -35,7 +35,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("composition root", ("fedvlm.config",)),
     ("client, inputs", ("fedvlm.client", "fedvlm.inputs")),
     ("federation, evaluation, tracking", ("fedvlm.federation", "fedvlm.evaluation", "fedvlm.tracking")),
-    ("drivers", ("fedvlm.simulation", "fedvlm.patching.pipeline", "fedvlm.patch", "fedvlm.probe", "fedvlm.describe",
+    ("drivers", ("fedvlm.simulation", "fedvlm.datamodule", "fedvlm.patching.pipeline", "fedvlm.patch", "fedvlm.probe", "fedvlm.describe",
                  "fedvlm.demo", "fedvlm.report")),
     ("command line", ("fedvlm.cli", "fedvlm.__main__")),
 ]

@@ -71,44 +71,86 @@ def check_warmup_ends(config: OptimConfig, rounds: int, client_steps: list[int])
                               f"steps {span}: the warm-up would never end; expected fewer than {length}")
 
 
-class SlotOptimizer:
+class SlotOptimizer(torch.optim.Optimizer):
+    """SGD or AdamW (``config.name``) over slot-stacked parameters ``{name: [S, ...]}``, a real
+    :class:`torch.optim.Optimizer` (``lightning.Trainer`` and LR schedulers drive it).
+
+    Before each :meth:`step` the caller may set ``slot_rates [S]`` (each slot's own learning rate;
+    None: every slot takes the param group's ``lr``, which a scheduler sets) and ``active [S]``
+    (None: every slot steps). ``torch.optim.SGD`` could not stand in: it would still decay, and
+    move by momentum, a slot that has finished its local steps. State is kept per parameter as
+    torch keeps it (``state[param]``: its buffers ``[S, ...]`` and the slot step counts ``[S]``),
+    so ``state_dict`` / ``load_state_dict`` round-trip it; :meth:`read_slot` / :meth:`write_slot`
+    move one client's part in and out.
+    """
+
     def __init__(self, params: dict[str, torch.nn.Parameter], config: OptimConfig):
+        super().__init__([{"params": list(params.values()), "names": list(params)}], {"lr": config.lr})
         self.params = params
         self.config = config
         self.buffer_names = ("momentum",) if config.name == "sgd" else ("exp_avg", "exp_avg_sq")
-        self.state = {name: {b: torch.zeros_like(p) for b in self.buffer_names} for name, p in params.items()}
         first = next(iter(params.values()))
-        self.steps = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
+        self.num_slots = first.shape[0]
+        for param in params.values():
+            self.state[param] = {b: torch.zeros_like(param) for b in self.buffer_names}
+            self.state[param]["step"] = torch.zeros(self.num_slots, dtype=torch.float64, device=param.device)
+        self.slot_rates: torch.Tensor | None = None
+        self.active: torch.Tensor | None = None
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """``[S]`` float64: the optimizer steps each slot has taken (AdamW's bias correction)."""
+        return self.state[next(iter(self.params.values()))]["step"]
 
     # ------------------------------------------------------------------ per-client state
 
     def read_slot(self, slot: int) -> dict[str, torch.Tensor]:
-        state = {f"{b}/{name}": buffers[b][slot].clone() for name, buffers in self.state.items() for b in buffers}
+        state = {f"{b}/{name}": self.state[param][b][slot].clone()
+                 for name, param in self.params.items() for b in self.buffer_names}
         state["step"] = self.steps[slot].clone()
         return state
 
     @torch.no_grad()
     def write_slot(self, slot: int, state: dict[str, torch.Tensor] | None) -> None:
         """Load a client's saved state into a slot; None starts it fresh."""
-        for name, buffers in self.state.items():
-            for b, tensor in buffers.items():
-                tensor[slot].copy_(state[f"{b}/{name}"]) if state else tensor[slot].zero_()
-        self.steps[slot] = state["step"] if state else 0
+        for name, param in self.params.items():
+            buffers = self.state[param]
+            for b in self.buffer_names:
+                buffers[b][slot].copy_(state[f"{b}/{name}"]) if state else buffers[b][slot].zero_()
+            buffers["step"][slot] = state["step"] if state else 0
 
     # ------------------------------------------------------------------------------ step
 
+    def step(self, closure=None):
+        """One update of every active slot from the parameters' ``.grad`` (a parameter without a
+        gradient counts as a zero gradient, as a slot parameter the loss does not reach)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in self.params.items()}
+        first = next(iter(self.params.values()))
+        rates = self.slot_rates if self.slot_rates is not None else \
+            torch.full((self.num_slots,), float(self.param_groups[0]["lr"]), dtype=torch.float32, device=first.device)
+        active = self.active if self.active is not None else \
+            torch.ones(self.num_slots, dtype=torch.bool, device=first.device)
+        self.update(grads, rates, active)
+        return loss
+
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], lr: torch.Tensor, active: torch.Tensor) -> None:
-        """``lr [S]`` per-slot learning rates, ``active [S]`` bool."""
-        self.steps += active.to(self.steps.dtype)
+    def update(self, grads: dict[str, torch.Tensor], lr: torch.Tensor, active: torch.Tensor) -> None:
+        """The elementwise maths: ``grads {name: [S, ...]}``, ``lr [S]`` per-slot learning rates,
+        ``active [S]`` bool (inactive slots keep their parameters and state)."""
         for name, param in self.params.items():
+            buffers = self.state[param]
+            buffers["step"] += active.to(buffers["step"].dtype)
             grad = grads[name]
             shape = (-1,) + (1,) * (param.dim() - 1)
             rate, keep = lr.view(shape).to(param.dtype), active.view(shape)
             if self.config.name == "sgd":
-                new_param = self._sgd(param, grad, self.state[name], rate, keep)
+                new_param = self._sgd(param, grad, buffers, rate, keep)
             else:
-                new_param = self._adamw(param, grad, self.state[name], rate, keep, self.steps.view(shape))
+                new_param = self._adamw(param, grad, buffers, rate, keep, buffers["step"].view(shape))
             param.copy_(torch.where(keep, new_param, param))
 
     def _sgd(self, param, grad, state, rate, keep):

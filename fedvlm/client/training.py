@@ -17,7 +17,7 @@ the head's parameters for the pass, and read back per client.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ import torch
 from fedvlm.algorithms import AlgorithmConfig, zeros_like_state
 from fedvlm.client.optim import SlotOptimizer
 from fedvlm.heads.base import Head
+
+if TYPE_CHECKING:
+    from fedvlm.client.module import HeadModule
 
 
 @dataclass
@@ -77,75 +80,80 @@ def batch_schedule(indices: np.ndarray, batch_size: int, epochs: int, steps: int
             return batches[:steps]
 
 
-def train_pass(head: Head, optimizer: SlotOptimizer, tasks: list[ClientTask], data, *,
+def train_pass(model: "HeadModule | Head", optimizer: SlotOptimizer, tasks: list[ClientTask], data, *,
                batch_size: int, epochs: int, steps: int | None, lr: float | Callable[[int, int], float], seed: int,
                round_index: int, algorithm: AlgorithmConfig | None = None,
                global_shared: dict[str, torch.Tensor] | None = None,
-               server_state: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
-    """Train ``tasks`` (at most ``head.num_slots`` clients) for one round, together.
+               server_state: dict[str, torch.Tensor] | None = None, fabric=None) -> list[ClientResult]:
+    """Train ``tasks`` (at most ``num_slots`` clients) for one round, together, by driving the
+    :class:`~fedvlm.client.module.HeadModule`'s hooks (a bare head is wrapped in one).
 
     ``lr``: a constant, or ``lr(step, client_steps)``, the rate of a client's local step ``step``
     when it takes ``client_steps`` steps this round (:func:`fedvlm.client.optim.learning_rate`).
     ``algorithm`` (None: plain local training) supplies the client half, given the round's
     ``global_shared`` and ``server_state`` (the algorithm's server state, e.g. SCAFFOLD's c).
+    ``fabric``: its ``backward`` is used (the module is never set up by it: no DDP wrapper).
+
+    Everything a step needs from the CPU schedule (rates, active masks) goes to the device once
+    per pass; the slot losses stay on the device until the pass ends: no host sync per step.
     """
+    from fedvlm.client.module import HeadModule  # the module imports this package's optimizer
+
+    module = model if isinstance(model, HeadModule) else HeadModule(head=model)
+    head = module.head
     assert len(tasks) <= head.num_slots
     device = next(iter(head.trainable().values())).device
     head.begin_pass([task.client for task in tasks])
-    for slot, task in enumerate(tasks):
-        head.write_slot(slot, task.start)
-        optimizer.write_slot(slot, task.optimizer_state)
+    params = head.trainable()
+    shared_names = head.shared_names()
+    client_state = _stacked_state(algorithm, tasks, {n: params[n].detach()[0] for n in shared_names},
+                                  head.num_slots, device)
+    module.load_clients([task.start for task in tasks], optimizer, [task.optimizer_state for task in tasks],
+                        client_state)
+    module.algorithm, module.global_shared, module.server_state = algorithm, global_shared, server_state or {}
     schedules = [batch_schedule(t.indices, batch_size, epochs, steps, client_generator(seed, round_index, t.client))
                  for t in tasks]
     num_steps = max((len(s) for s in schedules), default=0)
     num_views = getattr(data, "num_views", 0)
     view_streams = [client_generator(seed, round_index, t.client, stream=1) for t in tasks]
-    losses = torch.zeros(head.num_slots, dtype=torch.float64, device=device)  # read once, after the pass
-    params = head.trainable()
-    shared_names = head.shared_names()
-    client_state = _stacked_state(algorithm, tasks, {n: params[n].detach()[0] for n in shared_names},
-                                  head.num_slots, device)
-    server_state = server_state or {}
     # [steps, S]: each slot follows its own client's schedule (one transfer per pass, none per step)
     schedule_of = lr if callable(lr) else (lambda step, client_steps: lr)
     rates = torch.tensor([[float(schedule_of(step, len(schedules[slot]))) if slot < len(schedules) else 0.0
                            for slot in range(head.num_slots)] for step in range(num_steps)],
                          dtype=torch.float32).reshape(num_steps, head.num_slots).to(device)
+    actives = torch.tensor([[slot < len(schedules) and step < len(schedules[slot]) for slot in range(head.num_slots)]
+                            for step in range(num_steps)], dtype=torch.bool).reshape(num_steps, head.num_slots)
+    actives = actives.to(device)
+    backward = fabric.backward if fabric is not None else torch.Tensor.backward
+    # the head alone: the backbone is pinned to eval mode, and walking its modules every pass costs ~1 ms
     head.train()
     for step in range(num_steps):
         live = [slot for slot, schedule in enumerate(schedules) if step < len(schedule)]
-        active = torch.zeros(head.num_slots, dtype=torch.bool, device=device)
-        active[live] = True
         rows = np.concatenate([schedules[slot][step] for slot in live])
         slots = np.concatenate([np.full(len(schedules[slot][step]), slot) for slot in live])
         # each sample sees one of the precomputed augmented views, drawn from its client's stream
         views = np.concatenate([view_streams[slot].integers(num_views, size=len(schedules[slot][step]))
                                 for slot in live]) if num_views else None
-        per_slot = head.training_loss(data.batch(rows, slots, views=views))  # [S]
-        if algorithm is not None and global_shared is not None:
-            extra = algorithm.local_penalty({name: params[name] for name in shared_names}, global_shared,
-                                            client_state, server_state)
-            if extra is not None:
-                per_slot = per_slot + extra
-        per_slot = per_slot * active  # slots without a batch contribute nothing
-        grads = torch.autograd.grad(per_slot.sum(), list(params.values()), allow_unused=True)
-        grads = {name: g if g is not None else torch.zeros_like(p) for (name, p), g in zip(params.items(), grads)}
-        if algorithm is not None:
-            algorithm.correct_gradients(grads, client_state, server_state)
-        optimizer.step(grads, rates[step], active)
-        head.after_step(active)
-        losses += per_slot.detach().double()
+        module.active = actives[step]
+        optimizer.slot_rates = rates[step]
+        loss = module.training_step(data.batch(rows, slots, views=views), step)
+        backward(loss)
+        module.on_before_optimizer_step(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        module.on_train_batch_end(loss, None, step)
     head.eval()
-    losses = losses.cpu()  # the pass's one device-to-host copy of the losses
+    losses = module.slot_loss.cpu()  # the pass's one device-to-host copy of the losses
     uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, schedule_of, params, shared_names,
-                                                 client_state, server_state)
+                                                 module.client_state, module.server_state)
     results = []
+    trained_slots = module.read_clients(len(tasks), optimizer)
     for slot, (task, schedule) in enumerate(zip(tasks, schedules)):
-        trained = head.read_slot(slot)
+        trained, optimizer_state = trained_slots[slot]
         trained.update({name: value[slot].detach().clone() for name, value in uploads.items()})
         results.append(ClientResult(
             client=task.client, num_samples=len(task.indices), params=trained,
-            optimizer_state=optimizer.read_slot(slot),
+            optimizer_state=optimizer_state,
             loss=float(losses[slot] / len(schedule)) if schedule else float("nan"), steps=len(schedule),
             extras={k: v[slot].detach().clone() for k, v in extras.items()},
             algorithm_state={k: v[slot].detach().clone() for k, v in new_state.items()}))

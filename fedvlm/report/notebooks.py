@@ -70,8 +70,13 @@ def execute_notebook(path: str | Path, results_dir: str | Path, out_dir: str | P
     return notebook
 
 
+# notebooks that show how to use fedvlm rather than analyse a results directory (their own tests run them)
+USAGE_NOTEBOOKS = ("04_lightning",)
+
+
 def notebook_paths() -> list[Path]:
-    return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """The analysis notebooks."""
+    return sorted(p for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb") if p.stem not in USAGE_NOTEBOOKS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,9 +57,9 @@ class RecordingOptimizer(SlotOptimizer):
         super().__init__(*args)
         self.rates = []
 
-    def step(self, grads, lr, active):
-        self.rates.append([float(r) if a else None for r, a in zip(lr, active)])
-        super().step(grads, lr, active)
+    def step(self, closure=None):
+        self.rates.append([float(r) if a else None for r, a in zip(self.slot_rates, self.active)])
+        return super().step(closure)
 
 
 def _train(backbone, slots, schedule):
