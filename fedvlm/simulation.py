@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedvlm.algorithms import ClientUpdate, ServerRound, zeros_like_state
+from fedvlm.algorithms import ClientUpdate, RoundSums, ServerRound, term_layout, zeros_like_state
+from fedvlm.algorithms.reduction import flat, sum_terms, unflat
 from fedvlm.backbone.cache import image_features
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.client.module import HeadModule
@@ -278,15 +279,16 @@ def sample_clients(seed: int, round_index: int, num_clients: int, participation:
     return sorted(int(k) for k in chosen)
 
 
-def shard_clients(clients: list[int], sizes: list[int], world_size: int) -> list[list[int]]:
-    """Split clients over ranks balanced by work (largest first onto the least-loaded rank)."""
-    loads = [0] * world_size
-    shards: list[list[int]] = [[] for _ in range(world_size)]
-    for client in sorted(clients, key=lambda k: (-sizes[k], k)):
-        rank = min(range(world_size), key=lambda r: (loads[r], r))
-        shards[rank].append(client)
-        loads[rank] += max(sizes[client], 1)
-    return [sorted(shard) for shard in shards]
+def owner(client: int, world_size: int) -> int:
+    """The rank that trains, evaluates and keeps the private state of ``client``, every round:
+    stable, so a client's private parameters, optimizer and algorithm state never move between
+    processes (``client % world_size``, the split evaluation uses too)."""
+    return client % world_size
+
+
+def shard_clients(clients: list[int], world_size: int) -> list[list[int]]:
+    """The round's clients of each rank (:func:`owner`), in client order."""
+    return [[k for k in clients if owner(k, world_size) == rank] for rank in range(world_size)]
 
 
 def learning_rate(config: ExperimentConfig, round_index: int) -> Callable[[int, int], float]:
@@ -327,46 +329,88 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
     return results
 
 
-def gather_results(fabric, results: list[ClientResult], shards: list[list[int]], params: dict[str, torch.Tensor],
-                   optimizer_state: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None,
-                   algorithm_state: dict[str, torch.Tensor] | None = None) -> list[ClientResult]:
-    """Every rank's results on every rank, in client order: one all-gather of flat vectors.
+@dataclass(frozen=True)
+class ClientReport:
+    """What every rank learns of every client of the round: a few numbers, no tensor."""
 
-    ``params``, ``optimizer_state``, ``extras`` and ``algorithm_state`` are example tensors giving
-    the name, shape and dtype of every packed entry (optimizer state is packed only when clients
-    keep it across rounds; the algorithm's entries only for algorithms that have them).
-    """
-    if fabric.world_size == 1:
-        return sorted(results, key=lambda r: r.client)
-    layout = {**{("p", n): t for n, t in params.items()}, **{("o", n): t for n, t in optimizer_state.items()},
-              **{("e", n): t for n, t in (extras or {}).items()},
-              **{("a", n): t for n, t in (algorithm_state or {}).items()}}
-    source = {"p": "params", "o": "optimizer_state", "e": "extras", "a": "algorithm_state"}
-    size = 4 + sum(t.numel() for t in layout.values())
-    local = torch.full((max(len(s) for s in shards), size), -1.0, dtype=torch.float64, device=fabric.device)
-    for i, r in enumerate(results):
-        entries = [getattr(r, source[kind])[n].flatten().double().to(fabric.device) for kind, n in layout]
-        header = torch.tensor([r.client, r.num_samples, r.steps, r.loss], dtype=torch.float64, device=fabric.device)
-        local[i] = torch.cat([header, *entries])
-    gathered = fabric.all_gather(local).reshape(-1, size)
-    gathered = gathered[gathered[:, 0] >= 0]  # rows of real clients (shorter shards are padded with -1)
-    rows = gathered[:, :4].cpu()  # the header numbers are read on the host: one copy per round
-    everyone = []
-    for row, header in zip(gathered, rows):
-        values, offset = {kind: {} for kind in source}, 4
-        for (kind, name), example in layout.items():
-            values[kind][name] = row[offset : offset + example.numel()].reshape(example.shape).to(
-                device=example.device, dtype=example.dtype)
-            offset += example.numel()
-        everyone.append(ClientResult(int(header[0]), int(header[1]), values["p"], values["o"] or None,
-                                     float(header[3]), int(header[2]), values["e"], values["a"]))
-    return sorted(everyone, key=lambda r: r.client)
+    client: int
+    num_samples: int
+    steps: int
+    loss: float
+    finite: bool  # loss and parameters finite (:func:`nonfinite_clients`)
+
+
+def gather_reports(fabric, results: list[ClientResult], shards: list[list[int]]) -> list[ClientReport]:
+    """Every rank's :class:`ClientReport` on every rank, in client order: one all-gather of
+    ``[largest shard, 5]`` numbers (a client's tensors stay where it trained)."""
+    diverged = set(nonfinite_clients(results))
+    local = [[r.client, r.num_samples, r.steps, r.loss, float(r.client not in diverged)] for r in results]
+    if fabric is not None and fabric.world_size > 1:
+        table = torch.full((max(len(s) for s in shards), 5), -1.0, dtype=torch.float64)
+        if local:
+            table[: len(local)] = torch.tensor(local, dtype=torch.float64)
+        gathered = fabric.all_gather(table.to(fabric.device)).reshape(-1, 5).cpu()
+        local = [row for row in gathered.tolist() if row[0] >= 0]  # shorter shards are padded with -1
+    reports = [ClientReport(int(c), int(n), int(steps), float(loss), bool(ok)) for c, n, steps, loss, ok in local]
+    return sorted(reports, key=lambda r: r.client)
+
+
+class Reduction:
+    """The collectives of a round's server step (:mod:`fedvlm.algorithms.reduction`): a max and a
+    sum all-reduce over the processes, nothing on one process."""
+
+    def __init__(self, fabric=None):
+        self.fabric = fabric if fabric is not None and fabric.world_size > 1 else None
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.fabric.all_reduce(tensor, reduce_op="max")
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.fabric.all_reduce(tensor, reduce_op="sum")
+
+    def sums(self, algorithm, current: dict[str, torch.Tensor], updates: list[ClientUpdate],
+             reports: list[ClientReport]) -> RoundSums:
+        """The round's :class:`RoundSums` from this rank's ``updates`` and everyone's ``reports``
+        (the finite clients whose updates, spread over the ranks, are summed)."""
+        collective = self.fabric is not None
+        tensors = sum_terms([algorithm.client_terms(current, u) for u in updates], term_layout(algorithm, current),
+                            count=len(reports), all_reduce_max=self.max if collective else None,
+                            all_reduce_sum=self.sum if collective else None)
+        return RoundSums(tensors, tuple(r.client for r in reports), tuple(r.num_samples for r in reports))
+
+    def gather_shared(self, updates: list[ClientUpdate], reports: list[ClientReport],
+                      shared: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+        """Every client's uploaded shared parameters on every rank (only for heads that read the
+        previous round's uploads, FedRSCLIP's DPAC; the server receives them anyway): shared
+        tensors only, never a private one."""
+        mine = {u.client: u.shared for u in updates}
+        if self.fabric is None:
+            return mine
+        layout = {name: value for name, value in shared.items()}
+        counts = self.fabric.all_gather(torch.tensor([len(updates)], device=self.fabric.device)).flatten()
+        rows = torch.zeros(int(counts.max()), 1 + sum(v.numel() for v in layout.values()), dtype=torch.float64,
+                           device=self.fabric.device)
+        for i, update in enumerate(sorted(updates, key=lambda u: u.client)):
+            rows[i, 0] = update.client
+            rows[i, 1:] = flat(update.shared, layout).to(rows.device)
+        gathered = self.fabric.all_gather(rows).reshape(-1, rows.shape[1])
+        everyone = {}
+        for rank, count in enumerate(counts.tolist()):
+            for row in gathered[rank * rows.shape[0] : rank * rows.shape[0] + count]:
+                everyone[int(row[0])] = {name: value.to(shared[name].dtype) for name, value in
+                                         unflat(row[1:], layout).items()}
+        return dict(sorted(everyone.items()))
 
 
 def apply_round(federation: Federation, state: ServerState, results: list[ClientResult],
-                round_info: ServerRound) -> None:
-    """Server step: the algorithm's server half on the shared parameters, store what clients
-    keep (private parameters, optimizer and algorithm state), count the bytes."""
+                round_info: ServerRound, reports: list[ClientReport] | None = None,
+                reduction: Reduction | None = None) -> None:
+    """Server step: keep what this rank's clients keep (private parameters, optimizer and
+    algorithm state: they stay here, the rank that owns them), then the algorithm's server half
+    on the round's sums, one reduction over the ranks (``reports``: every rank's finite clients;
+    by default ``results`` are the whole round, one process), and count the bytes."""
+    reports = reports if reports is not None else gather_reports(None, results, [])
+    reduction = reduction or Reduction()
     shared = federation.head.shared_names()
     personal = federation.personal_names()
     algorithm = federation.algorithm
@@ -376,13 +420,15 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
             state.optimizer[result.client] = result.optimizer_state
         if algorithm.client_state:
             state.algorithm_clients[result.client] = result.algorithm_state
-    if algorithm.aggregates and shared and results:
+    if algorithm.aggregates and shared and reports:
         # Only shared tensors are put into the updates: the server never sees a private one.
         updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras)
                    for r in results]
         if federation.head.needs_previous_uploads:
-            state.uploads.update({u.client: u.shared for u in updates})
-        global_shared, server_state = algorithm.server_step(state.global_shared, updates, state.algorithm, round_info)
+            state.uploads.update(reduction.gather_shared(updates, reports, state.global_shared))
+        sums = reduction.sums(algorithm, state.global_shared, updates, reports)
+        global_shared, server_state = algorithm.server_step_from_sums(state.global_shared, sums, state.algorithm,
+                                                                      round_info)
         # A server optimiser (momentum, Adam moments, a large server lr) can overflow on finite
         # client updates; nothing of the round is kept then, so the last checkpoint stays finite.
         broken = nonfinite_tensors({**global_shared, **server_state})
@@ -393,8 +439,46 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
                               "algorithm's server learning rate or momentum")
         state.global_shared, state.algorithm = global_shared, server_state
         message = federation.head.parameters_per_client(shared) * BYTES_PER_PARAMETER
-        state.communication["uploaded_bytes"] += message * (1 + len(algorithm.uploads)) * len(results)
-        state.communication["downloaded_bytes"] += message * (1 + len(algorithm.broadcasts)) * len(results)
+        state.communication["uploaded_bytes"] += message * (1 + len(algorithm.uploads)) * len(reports)
+        state.communication["downloaded_bytes"] += message * (1 + len(algorithm.broadcasts)) * len(reports)
+
+
+def collect_client_state(fabric, state: "ServerState", layouts: tuple[dict, dict, dict]) -> tuple[dict, dict, dict]:
+    """Every client's private parameters, optimizer and algorithm state (``personal``,
+    ``optimizer``, ``algorithm_clients``, each in client order), gathered on rank 0 for the
+    checkpoint it writes; other ranks get empty mappings and receive nothing. ``layouts``: an
+    example entry of each section (names, shapes, dtypes). On one process: the state as it is.
+
+    The one place where a client's private tensors leave the rank that owns them, and only to the
+    rank that writes the checkpoint file, in checkpoint rounds only (a per-rank client-state
+    store would remove it)."""
+    sections = (state.personal, state.optimizer, state.algorithm_clients)
+    if fabric is None or fabric.world_size == 1:
+        return tuple(dict(sorted(section.items())) for section in sections)
+    import torch.distributed as dist  # a gather to one rank: Fabric has only the all-gather
+
+    width = 2 + max(sum(t.numel() for t in layout.values()) for layout in layouts)
+    rows = [torch.cat([torch.tensor([client, index], dtype=torch.float64, device=fabric.device),
+                       flat(tensors, layouts[index]).to(fabric.device),
+                       torch.zeros(width - 2 - sum(t.numel() for t in layouts[index].values()),
+                                   dtype=torch.float64, device=fabric.device)])
+            for index, section in enumerate(sections) for client, tensors in sorted(section.items())]
+    count = fabric.all_reduce(torch.tensor([len(rows)], device=fabric.device), reduce_op="max")
+    table = torch.full((max(int(count), 1), width), -1.0, dtype=torch.float64, device=fabric.device)
+    if rows:
+        table[: len(rows)] = torch.stack(rows)
+    is_main = fabric.global_rank == 0
+    received = [torch.empty_like(table) for _ in range(fabric.world_size)] if is_main else None
+    dist.gather(table, received, dst=0)
+    if not is_main:
+        return {}, {}, {}
+    merged: tuple[dict, dict, dict] = ({}, {}, {})
+    for row in torch.cat(received):
+        if row[0] >= 0:  # tables of ranks with fewer entries are padded with -1
+            index, layout = int(row[1]), layouts[int(row[1])]
+            merged[index][int(row[0])] = {name: value.to(device=layout[name].device, dtype=layout[name].dtype)
+                                          for name, value in unflat(row[2:], layout).items()}
+    return tuple(dict(sorted(m.items())) for m in merged)
 
 
 def on_device(value, device):
@@ -438,17 +522,17 @@ def nonfinite_clients(results: list[ClientResult]) -> list[int]:
     return diverged
 
 
-def finite_results(config: ExperimentConfig, results: list[ClientResult], round_index: int,
-                   checkpoint: str) -> tuple[list[ClientResult], list[int]]:
+def finite_results(config: ExperimentConfig, results: list[ClientResult], reports: list[ClientReport],
+                   round_index: int, checkpoint: str) -> tuple[list[ClientResult], list[ClientReport], list[int]]:
     """``runtime.on_nonfinite``: 'stop' raises one line naming the round and the clients (before
     anything of the round is applied or saved: the last checkpoint stays the last finite one);
-    'skip_client' returns the other clients' results and the skipped ones."""
-    diverged = nonfinite_clients(results)
+    'skip_client' returns the other clients' results and reports, and the skipped clients."""
+    diverged = [r.client for r in reports if not r.finite]
     if diverged and config.runtime.on_nonfinite == "stop":
         raise ConfigError(f"round {round_index + 1}: training diverged, {_clients(diverged)} ended it with a "
                           f"non-finite loss or parameters; {checkpoint}; lower optim.lr or set "
                           "runtime.on_nonfinite=skip_client to leave such clients out of the aggregate")
-    return [r for r in results if r.client not in diverged], diverged
+    return ([r for r in results if r.client not in diverged], [r for r in reports if r.finite], diverged)
 
 
 def _clients(clients: list[int]) -> str:
@@ -565,19 +649,23 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
                             checkpoint["optimizer"], checkpoint["uploads"], checkpoint["communication"],
                             history=checkpoint["history"], algorithm=checkpoint["algorithm_server"],
                             algorithm_clients=checkpoint["algorithm_clients"])
+        # each rank keeps the clients it owns (owner): the run may resume on another process count
+        for section in (state.personal, state.optimizer, state.algorithm_clients):
+            for client in [k for k in section if owner(k, fabric.world_size) != fabric.global_rank]:
+                del section[client]
         checkpointed = state.next_round
         if is_main:  # the lines the checkpoint covers; rounds after it (and a torn line) are redone
             folder.write_metrics(state.history)
     # rank 0's Lightning loggers (logging.backends); the other ranks log nothing
     loggers = _start_logging(config, folder, federation, state.history, resumed_at=checkpointed) if is_main else []
 
-    packed_optimizer = optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {}
-    # examples of the algorithm's per-client tensors, for the all-gather's layout
-    packed_extras = zeros_like_state(algorithm.uploads, global_shared)
-    packed_algorithm = zeros_like_state(algorithm.client_state, global_shared)
+    # an example of what a client keeps, section by section, for the checkpoint's gather to rank 0
+    client_layouts = ({n: federation.initial[n] for n in federation.personal_names()},
+                      optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {},
+                      zeros_like_state(algorithm.client_state, global_shared))
+    reduction = Reduction(fabric)
 
     rounds = config.federation.rounds
-    sizes = [len(rows) for rows in federation.train]
     show = config.logging.progress and is_main
     round_bar = tqdm(range(state.next_round, rounds), desc=config.name, unit="round", disable=not show,
                      initial=state.next_round, total=rounds)
@@ -588,25 +676,24 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         if fabric.world_size > 1 else None
     for round_index in round_bar:
         sampled = sample_clients(config.seed, round_index, federation.num_clients, config.federation.participation)
-        shards = shard_clients(sampled, sizes, fabric.world_size)
+        shards = shard_clients(sampled, fabric.world_size)
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar, module,
                                     fabric) if optimizer else []
-        results = gather_results(fabric, results, shards, federation.initial, packed_optimizer, packed_extras,
-                                 packed_algorithm) if optimizer else []
+        reports = gather_reports(fabric, results, shards) if optimizer else []
         _crash_if_requested("mid_round", round_index + 1)
         kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
                 if checkpointed is not None else "no round was checkpointed yet")
-        results, diverged = finite_results(config, results, round_index, kept)
+        results, reports, diverged = finite_results(config, results, reports, round_index, kept)
         round_info = ServerRound(round_index, config.seed, federation.num_clients, len(sampled))
-        apply_round(federation, state, results, round_info)
+        apply_round(federation, state, results, round_info, reports, reduction)
         state.next_round = round_index + 1
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
         first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
-                   "train/loss": _mean([r.loss for r in results]), **state.communication,
+                   "train/loss": _mean([r.loss for r in reports]), **state.communication,
                    **algorithm.round_metrics(state.algorithm, round_info)}
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
@@ -621,10 +708,11 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         if (round_index + 1) % config.eval.every == 0 or last:
             metrics.update(evaluate(federation, state, fabric))
         state.history.append(json_safe(metrics))
+        every = config.logging.checkpoint_every
+        save = last or bool(every and state.next_round % every == 0)
+        clients = collect_client_state(fabric, state, client_layouts) if save else None  # every rank joins
         if is_main:
-            every = config.logging.checkpoint_every
-            save = last or bool(every and state.next_round % every == 0)
-            if _commit(config, federation, folder, state, loggers, save):
+            if _commit(config, federation, folder, state, loggers, save, clients):
                 checkpointed = state.next_round
             primary = federation.task.primary
             round_bar.set_postfix({name: f"{metrics[key]:.3f}" for name, key in
@@ -635,8 +723,9 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     if not state.history:  # no round to run (rounds: 0): the evaluation is the run's one line
         metrics = {"round": rounds, **evaluate(federation, state, fabric), **state.communication}
         state.history.append(json_safe(metrics))
+        clients = collect_client_state(fabric, state, client_layouts)
         if is_main:
-            _commit(config, federation, folder, state, loggers, save=True)
+            _commit(config, federation, folder, state, loggers, save=True, clients=clients)
     # The summary is made of the last committed line, never of live values: a run resumed after its
     # final checkpoint writes the summary an uninterrupted run writes.
     final = state.history[-1]
@@ -660,12 +749,13 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
 
 
 def _commit(config: ExperimentConfig, federation: Federation, folder: RunFolder, state: ServerState,
-            loggers: list, save: bool) -> bool:
+            loggers: list, save: bool, clients: tuple[dict, dict, dict] | None = None) -> bool:
     """Record a round (rank 0): the checkpoint first (the commit point; it holds the metrics
     lines), then ``metrics.jsonl`` rewritten from them, then the Lightning loggers, step = round.
-    A kill between any two steps leaves files a resumed run makes consistent again."""
+    A kill between any two steps leaves files a resumed run makes consistent again. ``clients``:
+    every client's kept state (:func:`collect_client_state`)."""
     if save:
-        folder.save_checkpoint(_checkpoint(config, federation, state))
+        folder.save_checkpoint(_checkpoint(config, federation, state, clients))
         _crash_if_requested("after_checkpoint", state.next_round)
     folder.write_metrics(state.history)
     lightning_loggers.log_round(loggers, state.history[-1])
@@ -695,14 +785,18 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _checkpoint(config: ExperimentConfig, federation: Federation, state: ServerState) -> dict:
+def _checkpoint(config: ExperimentConfig, federation: Federation, state: ServerState,
+                clients: tuple[dict, dict, dict] | None = None) -> dict:
     """What ``checkpoints/last.pt`` holds: tensors, numbers, strings, lists and mappings only, so
-    it loads with ``weights_only=True`` (schema: fedvlm.tracking.run_folder.checkpoint_problem)."""
+    it loads with ``weights_only=True`` (schema: fedvlm.tracking.run_folder.checkpoint_problem).
+    ``clients``: every client's (personal, optimizer, algorithm) state in client order, gathered
+    from the ranks that own them; by default this process's."""
+    personal, optimizer, algorithm_clients = clients or collect_client_state(None, state, ({}, {}, {}))
     return {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "identity": dict(federation.identity),
-            "next_round": state.next_round, "global_shared": state.global_shared, "personal": state.personal,
-            "optimizer": state.optimizer, "uploads": state.uploads, "communication": dict(state.communication),
+            "next_round": state.next_round, "global_shared": state.global_shared, "personal": personal,
+            "optimizer": optimizer, "uploads": state.uploads, "communication": dict(state.communication),
             "history": state.history, "algorithm_server": state.algorithm,
-            "algorithm_clients": state.algorithm_clients}
+            "algorithm_clients": algorithm_clients}
 
 
 # Keys that may differ between a run and its resumption (where and how it runs, not what).

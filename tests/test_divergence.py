@@ -49,9 +49,9 @@ AGGREGATED: list = []
 
 @ALGORITHMS.register("test_recording_clients")
 class RecordingClients(FedAvg):
-    def aggregate(self, current, updates):
-        AGGREGATED.append([u.client for u in updates])
-        return super().aggregate(current, updates)
+    def server_step_from_sums(self, current, sums, server_state, round_info):
+        AGGREGATED.append(list(sums.clients))
+        return super().server_step_from_sums(current, sums, server_state, round_info)
 
 
 def _all_finite(checkpoint) -> bool:

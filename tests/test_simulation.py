@@ -66,9 +66,9 @@ SERVER_INPUTS: list = []
 
 @ALGORITHMS.register("test_recording_fedavg")
 class RecordingFedAvg(FedAvg):
-    def aggregate(self, current, updates):
-        SERVER_INPUTS.append([sorted(u.shared) for u in updates])
-        return super().aggregate(current, updates)
+    def client_terms(self, current, update):  # what the server half is handed of each client
+        SERVER_INPUTS.append([sorted(update.shared), sorted(update.extras)])
+        return super().client_terms(current, update)
 
 
 def test_three_clients_two_rounds_end_to_end(colour_data_root, tmp_path, tiny_backbone):
@@ -105,7 +105,7 @@ def test_private_parameters_never_reach_the_server(colour_data_root, tmp_path, t
     SERVER_INPUTS.clear()
     summary = run(load_config(overrides=_config(colour_data_root, tmp_path, head={"name": "test_shared_private"},
                                                 algorithm={"name": "test_recording_fedavg"})))
-    assert SERVER_INPUTS and all(keys == ["context"] for round_ in SERVER_INPUTS for keys in round_)
+    assert SERVER_INPUTS and all(entry == [["context"], []] for entry in SERVER_INPUTS)
     checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoints/last.pt", weights_only=True)
     assert list(checkpoint["global_shared"]) == ["context"]
     private = [checkpoint["personal"][k]["local_context"] for k in range(3)]
@@ -127,11 +127,12 @@ def test_sampling_and_sharding():
     rounds = [sample_clients(5, r, 20, 0.3) for r in range(3)]
     assert all(len(c) == 6 and c == sorted(c) for c in rounds)
     assert rounds[0] != rounds[1] and rounds[0] == sample_clients(5, 0, 20, 0.3)
-    sizes = [100, 1, 1, 1, 50, 50]
-    shards = shard_clients(list(range(6)), sizes, 2)
-    assert sorted(sum(shards, [])) == list(range(6))
-    loads = sorted(sum(sizes[k] for k in shard) for shard in shards)
-    assert loads == [101, 102]  # largest first onto the least-loaded rank: 100+1+1 vs 50+50+1
+    # a client trains on the same rank every round (its private state lives there)
+    assert shard_clients([0, 1, 3, 4, 6], 2) == [[0, 4, 6], [1, 3]]
+    for clients in rounds:
+        shards = shard_clients(clients, 3)
+        assert sorted(sum(shards, [])) == clients
+        assert all(k % 3 == rank for rank, shard in enumerate(shards) for k in shard)
 
 
 def _cli(args, env_extra=None, cwd=None):
@@ -239,14 +240,14 @@ LOCK_PROBES: list = []
 class LockProbeFedAvg(FedAvg):
     """Mid-run (at aggregation), try to take the lock of the run folder being written."""
 
-    def aggregate(self, current, updates):
+    def server_step_from_sums(self, current, sums, server_state, round_info):
         for folder in LOCK_PROBES[0].glob("*/*"):
             try:
                 RunFolder(folder).lock().unlock()
                 LOCK_PROBES.append("free")
             except ConfigError as error:
                 LOCK_PROBES.append(str(error))
-        return super().aggregate(current, updates)
+        return super().server_step_from_sums(current, sums, server_state, round_info)
 
 
 def test_a_running_run_holds_its_folder_lock(colour_data_root, tmp_path):

@@ -6,13 +6,13 @@ parameters, its sample count and the algorithm's extra uploads; private paramete
 an algorithm: not its penalty, its gradient correction, its clipping, its noise or its aggregate.
 """
 
-from fedvlm.algorithms.base import (ALGORITHMS, AlgorithmConfig, ClientUpdate, ServerRound, fedavg, flat_norm,
-                                    uniform_mean, zeros_like_state)
+from fedvlm.algorithms.base import (ALGORITHMS, AlgorithmConfig, ClientUpdate, RoundSums, ServerRound, fedavg,
+                                    flat_norm, round_sums, term_layout, weighted_mean, zeros_like_state)
 from fedvlm.algorithms.averaging import FedAvg, LocalOnly
 from fedvlm.algorithms.fedprox import FedProx
 
-__all__ = ["ALGORITHMS", "AlgorithmConfig", "ClientUpdate", "FedAvg", "FedProx", "LocalOnly",
-           "ServerRound", "fedavg", "flat_norm", "uniform_mean", "zeros_like_state"]
+__all__ = ["ALGORITHMS", "AlgorithmConfig", "ClientUpdate", "FedAvg", "FedProx", "LocalOnly", "RoundSums",
+           "ServerRound", "fedavg", "flat_norm", "round_sums", "term_layout", "weighted_mean", "zeros_like_state"]
 
 # one import per algorithm file: importing registers it
 from fedvlm.algorithms import dp_fedavg, feddyn, fedopt, scaffold  # noqa: E402,F401

@@ -14,11 +14,17 @@ parameters, and only the head's *shared* parameters are ever passed in):
   (its shared parameters, possibly changed, e.g. DP-FedAvg's clipped update) plus extra uploads
   (SCAFFOLD's control delta) and its new per-client state.
 
-Server half (runs identically on every rank, on the round's updates in client order):
+Server half, in the form of a reduction, so that no process needs another's client updates:
 
-* :meth:`~AlgorithmConfig.init_server_state` and :meth:`~AlgorithmConfig.server_step`: the new
-  global shared state and server state (momentum, Adam moments, SCAFFOLD's c, FedDyn's h);
-* :meth:`~AlgorithmConfig.round_metrics`: numbers logged with the round (DP's epsilon).
+* :meth:`~AlgorithmConfig.client_terms`: what one client adds to the round's sums (FedAvg's
+  ``n_i theta_i``, SCAFFOLD's ``y_i - x`` and ``dc_i``, DP-FedAvg's clipped delta), computed on the
+  process where the client trained;
+* :meth:`~AlgorithmConfig.server_step_from_sums`: the new global shared state and server state
+  (momentum, Adam moments, SCAFFOLD's c, FedDyn's h) from the sums (:class:`RoundSums`), which a
+  fixed-point all-reduce makes identical on every process (:mod:`fedvlm.algorithms.reduction`);
+  :meth:`~AlgorithmConfig.server_step` is the same step on a list of updates in one process;
+* :meth:`~AlgorithmConfig.init_server_state`, and :meth:`~AlgorithmConfig.round_metrics`:
+  numbers logged with the round (DP's epsilon).
 
 State is plain ``{key: tensor}`` so checkpoints stay ``weights_only``. Per-client state and extra
 uploads are named ``"<kind>/<parameter name>"`` for each kind in :attr:`client_state` /
@@ -33,6 +39,7 @@ from typing import ClassVar
 
 import torch
 
+from fedvlm.algorithms.reduction import sum_terms
 from fedvlm.sections import ComponentConfig
 from fedvlm.registry import Registry
 
@@ -60,6 +67,25 @@ class ServerRound:
     seed: int  # the experiment's seed (server-side randomness, e.g. DP noise)
     num_clients: int  # K, every client of the federation
     num_sampled: int  # clients drawn this round (before any non-finite one is left out)
+
+
+@dataclass(frozen=True)
+class RoundSums:
+    """What the server step of a round knows: the sums over the round's clients of their
+    :meth:`AlgorithmConfig.client_terms` (``{key: float64 tensor}``), and who they were."""
+
+    tensors: Tensors
+    clients: tuple[int, ...]  # the clients summed, in client order
+    samples: tuple[int, ...]  # their sample counts n_i, in the same order
+
+    @property
+    def total_samples(self) -> int:
+        return sum(self.samples)
+
+    @property
+    def participants(self) -> int:
+        """Clients of the round that trained on something (n_i > 0)."""
+        return sum(1 for n in self.samples if n > 0)
 
 
 def zeros_like_state(kinds: tuple[str, ...], shared: Tensors) -> Tensors:
@@ -106,45 +132,61 @@ class AlgorithmConfig(ComponentConfig):
     def init_server_state(self, global_shared: Tensors) -> Tensors:
         return {}
 
+    def client_terms(self, current: Tensors, update: ClientUpdate) -> Tensors:
+        """What ``update`` adds to the round's sums, ``{key: float64 tensor}`` (the same keys and
+        shapes for every client, also one without samples); computed where the client trained.
+        Default: ``n_i theta_i`` per shared name (FedAvg's numerator, :func:`weighted_terms`)."""
+        return weighted_terms(current, update)
+
+    def server_step_from_sums(self, current: Tensors, sums: RoundSums, server_state: Tensors,
+                              round_info: ServerRound) -> tuple[Tensors, Tensors]:
+        """New (global shared state, server state) from the round's sums. Default: FedAvg."""
+        return weighted_mean(current, sums), server_state
+
     def server_step(self, current: Tensors, updates: list[ClientUpdate], server_state: Tensors,
                     round_info: ServerRound) -> tuple[Tensors, Tensors]:
-        """New (global shared state, server state) from the round's updates (client order)."""
-        return self.aggregate(current, updates), server_state
-
-    def aggregate(self, current: Tensors, updates: list[ClientUpdate]) -> Tensors:
-        """The sample-weighted mean of the updates (the model FedAvg sends back)."""
-        return fedavg(current, updates)
+        """The server step on a list of updates in one process: the numbers the reduction over
+        processes gives (:func:`round_sums`)."""
+        return self.server_step_from_sums(current, round_sums(self, current, updates), server_state, round_info)
 
     def round_metrics(self, server_state: Tensors, round_info: ServerRound) -> dict:
         """Numbers logged with the round (after its server step)."""
         return {}
 
 
-def fedavg(current: Tensors, updates: list[ClientUpdate]) -> Tensors:
-    """Sample-weighted mean of the shared parameters: theta = sum_i (n_i / n) theta_i (FedRSCLIP
-    Eq. 2; McMahan et al. 2017).
+def term_layout(algorithm: AlgorithmConfig, current: Tensors) -> Tensors:
+    """The keys and shapes of ``algorithm``'s client terms (those of a client without samples):
+    what a process without clients contributes to the collectives."""
+    empty = ClientUpdate(-1, 0, current, zeros_like_state(algorithm.uploads, current))
+    return {key: torch.zeros_like(value) for key, value in algorithm.client_terms(current, empty).items()}
 
-    Summed in the order given (client order), so the result does not depend on how clients
-    were spread over processes. With no samples at all the current state is kept.
-    """
-    total = sum(u.num_samples for u in updates)
-    if total == 0:
+
+def round_sums(algorithm: AlgorithmConfig, current: Tensors, updates: list[ClientUpdate]) -> RoundSums:
+    """The round's sums over ``updates`` in one process (:func:`fedvlm.algorithms.reduction.sum_terms`
+    with no collectives: the numbers any split over processes gives)."""
+    tensors = sum_terms([algorithm.client_terms(current, u) for u in updates], term_layout(algorithm, current))
+    ordered = sorted(updates, key=lambda u: u.client)
+    return RoundSums(tensors, tuple(u.client for u in ordered), tuple(u.num_samples for u in ordered))
+
+
+def weighted_mean(current: Tensors, sums: RoundSums, key: str = "weighted") -> Tensors:
+    """theta = sum_i n_i theta_i / sum_i n_i, the sample-weighted mean of the shared parameters
+    (FedRSCLIP Eq. 2; McMahan et al. 2017) from the sums ``"<key>/<name>"``, in float64 and then
+    in the parameters' dtype. With no samples at all the current state is kept."""
+    if sums.total_samples == 0:
         return {name: value.clone() for name, value in current.items()}
-    result = {name: torch.zeros_like(value) for name, value in current.items()}
-    for update in updates:
-        weight = update.num_samples / total
-        for name in result:
-            result[name] += weight * update.shared[name].to(result[name].dtype)
-    return result
+    return {name: (sums.tensors[f"{key}/{name}"] / sums.total_samples).to(value.dtype)
+            for name, value in current.items()}
 
 
-def uniform_mean(values: list[Tensors], like: Tensors) -> Tensors:
-    """The unweighted mean ``1/|S| sum_i values_i`` (SCAFFOLD, FedDyn), summed in the given order;
-    ``like`` when there is nothing to average."""
-    if not values:
-        return {name: torch.zeros_like(value) for name, value in like.items()}
-    result = {name: torch.zeros_like(value) for name, value in like.items()}
-    for entry in values:
-        for name in result:
-            result[name] += entry[name].to(result[name].dtype)
-    return {name: value / len(values) for name, value in result.items()}
+def weighted_terms(current: Tensors, update: ClientUpdate) -> Tensors:
+    """``{"weighted/<name>": n_i theta_i}``: exact in float64 (a float32 times an integer below 2^29)."""
+    return {f"weighted/{name}": update.num_samples * update.shared[name].double() for name in current}
+
+
+def fedavg(current: Tensors, updates: list[ClientUpdate]) -> Tensors:
+    """The sample-weighted mean of ``updates`` (:func:`weighted_mean` of their sums in one process)."""
+    layout = {f"weighted/{name}": torch.zeros_like(value, dtype=torch.float64) for name, value in current.items()}
+    tensors = sum_terms([weighted_terms(current, u) for u in updates], layout)
+    return weighted_mean(current, RoundSums(tensors, tuple(u.client for u in updates),
+                                            tuple(u.num_samples for u in updates)))

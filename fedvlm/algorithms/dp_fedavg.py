@@ -72,19 +72,20 @@ class DPFedAvg(AlgorithmConfig):
 
     # ------------------------------------------------------------------ server half
 
-    def server_step(self, current, updates, server_state, round_info):
+    def client_terms(self, current, update):
+        """The server's clip of the client's delta, before any summation (where the client trained)."""
+        clipped = clip_updates({name: (update.shared[name].to(value.dtype) - value).unsqueeze(0)
+                                for name, value in current.items()}, self.clip_norm)
+        return {f"clipped/{name}": clipped[name][0].double() for name in current}
+
+    def server_step_from_sums(self, current, sums, server_state, round_info):
         generator = noise_generator(round_info.seed, round_info.index)
-        total = {name: torch.zeros_like(value) for name, value in current.items()}
-        for update in updates:
-            clipped = clip_updates({name: (update.shared[name].to(value.dtype) - value).unsqueeze(0)
-                                    for name, value in current.items()}, self.clip_norm)
-            for name in total:
-                total[name] += clipped[name][0]
         std = self.noise_multiplier * self.clip_norm
         result = {}
         for name, value in current.items():
             noise = torch.normal(0.0, std, value.shape, generator=generator, dtype=value.dtype) if std else 0.0
-            result[name] = value + self.server_lr * (total[name] + torch.as_tensor(noise).to(value.device)) \
+            total = sums.tensors[f"clipped/{name}"].to(value.dtype)
+            result[name] = value + self.server_lr * (total + torch.as_tensor(noise).to(value.device)) \
                 / round_info.num_sampled
         return result, server_state
 

@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig, uniform_mean
+from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig
 
 
 @ALGORITHMS.register("feddyn")
@@ -56,16 +56,23 @@ class FedDyn(AlgorithmConfig):
     def init_server_state(self, global_shared):
         return {f"h/{name}": torch.zeros_like(value) for name, value in global_shared.items()}
 
-    def server_step(self, current, updates, server_state, round_info):
-        participants = [u for u in updates if u.num_samples > 0]
-        if not participants:
+    def client_terms(self, current, update):
+        """``theta_k^t`` and ``theta_k^t - theta^{t-1}`` of a client with data (P_t); zeros otherwise."""
+        has_data = update.num_samples > 0
+        terms = {}
+        for name, value in current.items():
+            final = update.shared[name].double()
+            terms[f"params/{name}"] = final if has_data else torch.zeros_like(final)
+            terms[f"change/{name}"] = final - value.double() if has_data else torch.zeros_like(final)
+        return terms
+
+    def server_step_from_sums(self, current, sums, server_state, round_info):
+        if sums.participants == 0:
             return {name: value.clone() for name, value in current.items()}, server_state
-        mean = uniform_mean([u.shared for u in participants], current)
         state, result = {}, {}
         for name, value in current.items():
-            total = torch.zeros_like(value)
-            for update in participants:
-                total += update.shared[name].to(value.dtype) - value
-            state[f"h/{name}"] = server_state[f"h/{name}"] - self.alpha / round_info.num_clients * total  # line 8
-            result[name] = mean[name] - state[f"h/{name}"] / self.alpha  # line 9
+            h = server_state[f"h/{name}"].double() - self.alpha / round_info.num_clients * sums.tensors[f"change/{name}"]
+            state[f"h/{name}"] = h.to(server_state[f"h/{name}"].dtype)  # line 8
+            mean = sums.tensors[f"params/{name}"] / sums.participants
+            result[name] = (mean - h / self.alpha).to(value.dtype)  # line 9
         return result, state

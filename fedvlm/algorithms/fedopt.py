@@ -24,12 +24,13 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig, fedavg
+from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig, weighted_mean
 
 
-def mean_change(current: dict[str, torch.Tensor], updates) -> dict[str, torch.Tensor]:
-    """``Delta_t``: the sample-weighted mean client parameters minus the current global ones."""
-    mean = fedavg(current, updates)
+def mean_change(current: dict[str, torch.Tensor], sums) -> dict[str, torch.Tensor]:
+    """``Delta_t``: the sample-weighted mean client parameters minus the current global ones
+    (from the round's sums of ``n_i x_i``, :func:`fedvlm.algorithms.base.weighted_mean`)."""
+    mean = weighted_mean(current, sums)
     return {name: mean[name] - current[name] for name in current}
 
 
@@ -45,8 +46,8 @@ class FedAvgM(AlgorithmConfig):
     def init_server_state(self, global_shared):
         return {f"momentum/{name}": torch.zeros_like(value) for name, value in global_shared.items()}
 
-    def server_step(self, current, updates, server_state, round_info):
-        change = mean_change(current, updates)
+    def server_step_from_sums(self, current, sums, server_state, round_info):
+        change = mean_change(current, sums)
         state, result = {}, {}
         for name, value in current.items():
             momentum = self.server_momentum * server_state[f"momentum/{name}"] + change[name]
@@ -79,8 +80,8 @@ class AdaptiveServer(AlgorithmConfig):
             return previous - (1 - self.beta2) * squared * torch.sign(previous - squared)
         return self.beta2 * previous + (1 - self.beta2) * squared
 
-    def server_step(self, current, updates, server_state, round_info):
-        change = mean_change(current, updates)
+    def server_step_from_sums(self, current, sums, server_state, round_info):
+        change = mean_change(current, sums)
         state, result = {}, {}
         for name, value in current.items():
             m = self.beta1 * server_state[f"m/{name}"] + (1 - self.beta1) * change[name]

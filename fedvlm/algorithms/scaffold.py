@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig, uniform_mean
+from fedvlm.algorithms.base import ALGORITHMS, AlgorithmConfig
 
 
 def _per_slot(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -62,15 +62,26 @@ class Scaffold(AlgorithmConfig):
     def init_server_state(self, global_shared):
         return {f"control/{name}": torch.zeros_like(value) for name, value in global_shared.items()}
 
-    def server_step(self, current, updates, server_state, round_info):
-        participants = [u for u in updates if u.num_samples > 0]
-        change = uniform_mean([{n: u.shared[n] - current[n] for n in current} for u in participants], current)
-        result = {name: value + self.global_lr * change[name] for name, value in current.items()}
-        state = {}
-        for name in current:
+    def client_terms(self, current, update):
+        """``dy_i = y_i - x`` and ``dc_i`` of a client with data; zeros for one without (line 16's
+        mean runs over the clients of the round with data)."""
+        has_data = update.num_samples > 0
+        terms = {}
+        for name, value in current.items():
+            change = update.shared[name].double() - value.double()
+            terms[f"change/{name}"] = change if has_data else torch.zeros_like(change)
+            delta = update.extras[f"control_delta/{name}"].double()
+            terms[f"control_delta/{name}"] = delta if has_data else torch.zeros_like(delta)
+        return terms
+
+    def server_step_from_sums(self, current, sums, server_state, round_info):
+        participants = max(sums.participants, 1)  # none: both sums are zero, nothing moves
+        result, state = {}, {}
+        for name, value in current.items():
+            change = sums.tensors[f"change/{name}"] / participants  # 1/|S| sum_i dy_i
+            result[name] = value + (self.global_lr * change).to(value.dtype)
             key = f"control/{name}"
-            total = torch.zeros_like(server_state[key])
-            for update in participants:
-                total += update.extras[f"control_delta/{name}"].to(total.dtype)
-            state[key] = server_state[key] + total / round_info.num_clients  # |S|/N * mean = sum / N
+            # |S|/N * mean_i dc_i = sum_i dc_i / N
+            state[key] = server_state[key] + (sums.tensors[f"control_delta/{name}"] / round_info.num_clients).to(
+                server_state[key].dtype)
         return result, state
