@@ -1,0 +1,72 @@
+"""Run several experiments in one Fabric launch of N gloo processes on the CPU, recording what
+every rank receives from every collective (the outputs of Fabric's all_reduce / all_gather and of
+the checkpoint's gather to rank 0), tagged with the phase it happened in.
+
+    python tests/recorded_launch.py RUNS.json DEVICES RECORD_DIR
+
+RUNS.json: a list of config overrides (mappings). Writes RECORD_DIR/rank<r>.pt, a list of
+``{"collective", "phase", "values"}`` (values: float64, flat). The real Fabric and gloo run; only
+the collectives are wrapped, to look at what they hand back.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fedvlm import simulation
+from fedvlm.config import load_config
+
+
+def main(runs_path: str, devices: int, record_dir: str) -> None:
+    runs = json.loads(Path(runs_path).read_text())
+    configs = [load_config(overrides={**raw, "runtime": {**raw.get("runtime", {}), "devices": devices}})
+               for raw in runs]
+    fabric = simulation.make_fabric(configs[0])
+    fabric.launch()
+    received, phase = [], ["round"]
+
+    def record(name, output):
+        for tensor in output if isinstance(output, (list, tuple)) else [output]:
+            if isinstance(tensor, torch.Tensor):
+                received.append({"collective": name, "phase": phase[0],
+                                 "values": tensor.detach().double().flatten().cpu().clone()})
+
+    def wrap(name, function):
+        def wrapped(tensor, *args, **kwargs):
+            output = function(tensor, *args, **kwargs)
+            record(name, output)
+            return output
+        return wrapped
+
+    fabric.all_reduce = wrap("all_reduce", fabric.all_reduce)
+    fabric.all_gather = wrap("all_gather", fabric.all_gather)
+    gather = dist.gather
+
+    def recorded_gather(tensor, gather_list=None, dst=0, *args, **kwargs):
+        result = gather(tensor, gather_list, dst, *args, **kwargs)
+        if gather_list is not None:
+            record("gather", gather_list)
+        return result
+
+    dist.gather = recorded_gather
+    collect = simulation.collect_client_state
+
+    def collecting(*args, **kwargs):
+        phase[0] = "checkpoint"
+        try:
+            return collect(*args, **kwargs)
+        finally:
+            phase[0] = "round"
+
+    simulation.collect_client_state = collecting
+    for config in configs:
+        simulation._run_on_rank(fabric, config)
+    Path(record_dir).mkdir(parents=True, exist_ok=True)
+    torch.save(received, Path(record_dir) / f"rank{fabric.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
