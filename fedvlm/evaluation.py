@@ -48,12 +48,16 @@ def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torc
 @torch.no_grad()
 def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Callable[[int], dict[str, torch.Tensor]],
                   batch_size: int, rank: int = 0, world_size: int = 1,
-                  all_reduce: Reduce | None = None) -> torch.Tensor:
-    """Scores of every client's own model on its own test rows, stacked in client order:
-    ``[sum_k len(test_rows[k]), C]``. Client k is evaluated by process ``k % world_size``;
-    clients are stacked ``head.num_slots`` at a time."""
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r in test_rows])])
-    mine = [k for k in range(len(test_rows)) if k % world_size == rank and len(test_rows[k])]
+                  all_reduce: Reduce | None = None, clients: list[int] | None = None) -> torch.Tensor:
+    """Scores of each of ``clients`` (default: every client; ids into ``test_rows``) with its own
+    model on its own test rows, stacked in the order given: ``[sum_k len(test_rows[k]), C]``.
+    Client k is evaluated by process ``k % world_size``, the one holding its private state;
+    clients are stacked ``head.num_slots`` at a time, one forward pass per batch of their rows
+    (the slots, as in training)."""
+    clients = list(range(len(test_rows))) if clients is None else list(clients)
+    offsets = dict(zip(clients, np.concatenate([[0], np.cumsum([len(test_rows[k]) for k in clients])]).tolist()))
+    total = sum(len(test_rows[k]) for k in clients)
+    mine = [k for k in clients if k % world_size == rank and len(test_rows[k])]
     table = None
     for first in range(0, len(mine), head.num_slots):
         group = mine[first : first + head.num_slots]
@@ -65,13 +69,13 @@ def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Calla
             scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
                                 for i in range(0, len(rows), batch_size)])
         if table is None:
-            table = torch.zeros(int(offsets[-1]), *scores.shape[1:])
+            table = torch.zeros(total, *scores.shape[1:])
         position = 0
         for client in group:
             count = len(test_rows[client])
             table[offsets[client] : offsets[client] + count] = scores[position : position + count]
             position += count
-    return _reduce(table, int(offsets[-1]), head, data, all_reduce if world_size > 1 else None)
+    return _reduce(table, total, head, data, all_reduce if world_size > 1 else None)
 
 
 def _reduce(table: torch.Tensor | None, rows: int, head: Head, data,

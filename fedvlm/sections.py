@@ -162,6 +162,9 @@ class EvalConfig(Section):
     batch_size: int = Field(100, gt=0)
     global_test: bool = True  # the server model on the whole test split
     personalized: bool = True  # every client on its own test split
+    # whose personalized metrics: 'all' clients, the round's 'sampled' ones, or N drawn afresh each
+    # evaluated round from its own stream of (seed, round); the ids are logged as eval/clients
+    clients: Literal["all", "sampled"] | Annotated[int, Field(gt=0)] = "all"
     threshold: float = Field(0.5, gt=0, lt=1)  # multi-label: sigmoid(score) >= threshold is predicted
     top_k: int | None = Field(None, gt=0)  # multi-label: predict the k best classes instead
 

@@ -542,9 +542,28 @@ def _clients(clients: list[int]) -> str:
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluate(federation: Federation, state: ServerState, fabric) -> dict:
-    """Metrics of the server model (``global/*``) and of every client's own model on its own
-    test split (``personalized/*``; ``clients/<primary>`` lists the per-client values)."""
+def evaluation_clients(config: ExperimentConfig, num_clients: int, round_index: int,
+                       sampled: list[int] | None) -> list[int]:
+    """``eval.clients``: the clients whose personalized metrics a round reports, sorted: all of
+    them, the round's ``sampled`` ones (all before any round), or N drawn without replacement
+    from the evaluation's own stream of (seed, round), apart from the training sample's."""
+    choice = config.eval.clients
+    if choice == "all" or (choice == "sampled" and sampled is None):
+        return list(range(num_clients))
+    if choice == "sampled":
+        return sorted(sampled)
+    if choice >= num_clients:
+        return list(range(num_clients))
+    drawn = np.random.default_rng([int(config.seed), int(round_index), 0xE7A1]).choice(num_clients, choice,
+                                                                                        replace=False)
+    return sorted(int(k) for k in drawn)
+
+
+def evaluate(federation: Federation, state: ServerState, fabric, round_index: int = 0,
+             sampled: list[int] | None = None) -> dict:
+    """Metrics of the server model (``global/*``) and of each evaluated client's own model on its
+    own test split (``personalized/*``; ``clients/<primary>`` lists the per-client values, of the
+    clients ``eval/clients`` names when ``eval.clients`` is not 'all')."""
     config, head, task = federation.config, federation.head, federation.task
     reduce = lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="sum").cpu()  # noqa: E731
     labels = torch.from_numpy(federation.labels)
@@ -555,15 +574,18 @@ def evaluate(federation: Federation, state: ServerState, fabric) -> dict:
         test_labels = labels[torch.from_numpy(federation.test_rows)]
         metrics.update({f"global/{k}": v for k, v in task.metrics(table, test_labels).items()})
     if config.eval.personalized:
+        chosen = evaluation_clients(config, federation.num_clients, round_index, sampled)
         table = client_scores(head, federation.data, federation.test, lambda k: state.client_start(federation, k),
-                              config.eval.batch_size, fabric.global_rank, fabric.world_size, reduce)
-        clients = per_client_metrics(task, table, labels, federation.test)
+                              config.eval.batch_size, fabric.global_rank, fabric.world_size, reduce, chosen)
+        clients = per_client_metrics(task, table, labels, [federation.test[k] for k in chosen])
         for name in sorted({key for c in clients for key in c}):
             values = np.array([c.get(name, np.nan) for c in clients], dtype=float)
             metrics[f"personalized/mean_{name}"] = spread(values).get("mean", float("nan"))
         primary = np.array([c.get(task.primary, np.nan) for c in clients], dtype=float)
         metrics.update({f"personalized/{k}_{task.primary}": v for k, v in spread(primary).items() if k != "mean"})
         metrics[f"clients/{task.primary}"] = primary
+        if config.eval.clients != "all":
+            metrics["eval/clients"] = chosen
     return metrics
 
 
@@ -706,7 +728,7 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
                       file=sys.stderr, flush=True)
         last = round_index == rounds - 1
         if (round_index + 1) % config.eval.every == 0 or last:
-            metrics.update(evaluate(federation, state, fabric))
+            metrics.update(evaluate(federation, state, fabric, round_index, sampled))
         state.history.append(json_safe(metrics))
         every = config.logging.checkpoint_every
         save = last or bool(every and state.next_round % every == 0)
@@ -741,7 +763,9 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
                 logger.log_table("personalized/clients",
                                  ["client", "train_images", "test_images", federation.task.primary],
                                  [[k, len(federation.train[k]), len(federation.test[k]),
-                                   math.nan if a is None else float(a)] for k, a in enumerate(final[primary])])
+                                   math.nan if a is None else float(a)]
+                                  for k, a in zip(final.get("eval/clients", range(len(final[primary]))),
+                                                  final[primary])])
             summary["wandb_dir"] = logger.directory
         lightning_loggers.finish(loggers, summary)
         return summary

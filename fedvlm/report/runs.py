@@ -328,7 +328,8 @@ def client_frame(runs: list[Run], frame: pd.DataFrame | None = None) -> pd.DataF
         if run.run_id not in identity or not isinstance(values, list):
             continue
         sizes = run.partition.sum(axis=1).to_numpy() if run.partition is not None else None
-        for client, value in enumerate(values):
+        ids = run.final.get("eval/clients") or range(len(values))  # eval.clients: a sample, not every client
+        for client, value in zip(ids, values):
             rows.append({"run_id": run.run_id, **identity[run.run_id], "client": client,
                          "metric": run.primary_metric, "value": _finite(value),
                          "train_images": int(sizes[client]) if sizes is not None and client < len(sizes) else np.nan})
