@@ -17,7 +17,9 @@ is a ratio (issue 7):
 * shared prefix: the text encoder with the prompts' common prefix run once vs once per class;
 * published style: one local epoch the way published prompt-learning code runs it vs fedvlm;
 * algorithms: the round loop under each registered algorithm relative to FedAvg;
-* head module: the HeadModule's hook-driven local loop vs the plain loop it replaced.
+* head module: the HeadModule's hook-driven local loop vs the plain loop it replaced;
+* scale: bytes between ranks per round (reduction vs the old all-gather) and round time and peak
+  memory at 100 / 1,000 / 10,000 clients with a fixed number taking part.
 """
 
 from __future__ import annotations
@@ -369,7 +371,7 @@ def _best_of(repeats: int, work, device: str = "cpu") -> float:
     return min(timings)
 
 
-def _write_scenes(root: Path, classes: int, per_class: int) -> None:
+def _write_scenes(root: Path, classes: int, per_class: int, size: int = 64) -> None:
     """A colour-and-texture ImageFolder (enough to time the loop; the accuracy is not the point)."""
     from PIL import Image
 
@@ -379,7 +381,7 @@ def _write_scenes(root: Path, classes: int, per_class: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         colour = rng.integers(0, 255, 3)
         for i in range(per_class):
-            pixels = np.clip(colour + rng.normal(0, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
 
 
@@ -419,9 +421,117 @@ def algorithms(quick: bool, device: str) -> list[dict]:
     return rows
 
 
+def scale(quick: bool, device: str) -> list[dict]:
+    """Scale (issue 16). Bytes: what each rank receives from the collectives of one round (setup
+    and evaluation off; measured by tests/recorded_launch.py around the real gloo Fabric, 2
+    processes, tiny CLIP, 8 clients all taking part), against the all-gather fedvlm used before
+    (every client's parameters, optimizer and algorithm state as float64 rows to every rank,
+    computed from the run's own sizes); on 1 process neither moves a byte. Clients: round time
+    (summary.json ``rounds_time_s`` / rounds) and the process's peak resident memory (VmHWM,
+    whole run: data, features, rounds) at 100, 1,000 and 10,000 clients with 10 taking part per
+    round, ``eval.clients: sampled``, tiny CLIP, CoOp + FedAvg, one process."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        rows += _bytes_between_ranks(Path(folder), quick)
+        rows += _clients_at_scale(Path(folder), quick, device)
+    return rows
+
+
+def _bytes_between_ranks(folder: Path, quick: bool) -> list[dict]:
+    from fedvlm.algorithms import ALGORITHMS
+
+    data = folder / "bytes_data"
+    _write_scenes(data, classes=4, per_class=16)
+    rounds = 2
+    settings = {"coop_fedavg": ({"name": "coop", "n_ctx": 4}, {"name": "fedavg"}, False),
+                "coop_scaffold": ({"name": "coop", "n_ctx": 4}, {"name": "scaffold"}, False),
+                "fedotp_fedavg_keep_state": ({"name": "fedotp"}, {"name": "fedavg"}, True)}
+    runs = [{"name": name, "seed": 1, "model": {"name": "fedvlm-tiny", "pretrained": None},
+             "data": {"dataset": "synthetic_scenes", "root": str(data)}, "head": head, "algorithm": algorithm,
+             "partition": {"name": "iid", "num_clients": 8}, "federation": {"rounds": rounds, "participation": 1.0},
+             "optim": {"lr": 0.01, "batch_size": 8, "keep_state": keep},
+             "eval": {"global_test": False, "personalized": False},
+             "runtime": {"execution": "batched", "accelerator": "cpu", "ddp_timeout_s": 600},
+             "logging": {"progress": False, "wandb": "disabled", "results_dir": str(folder / "bytes_results")}}
+            for name, (head, algorithm, keep) in settings.items()]
+    (folder / "runs.json").write_text(json.dumps(runs))
+    env = {**os.environ, "FEDVLM_CACHE": f"{folder}/cache", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "recorded_launch.py"), str(folder / "runs.json"), "2",
+                    str(folder / "received")], check=True, capture_output=True, env=env, cwd=ROOT)
+    received = torch.load(folder / "received" / "rank1.pt", weights_only=True)
+    per_run = _split_by_run(received, len(runs))
+    rows = []
+    for run, records in zip(runs, per_run):
+        (run_dir,) = (folder / "bytes_results" / run["name"]).iterdir()
+        checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+        algorithm = ALGORITHMS.get(run["algorithm"]["name"])
+        numel = lambda section: max((sum(t.numel() for t in entry.values()) for entry in checkpoint[section].values()),
+                                    default=0)  # noqa: E731
+        shared = sum(t.numel() for t in checkpoint["global_shared"].values())
+        private = numel("personal")
+        per_client = shared + private + numel("optimizer") + numel("algorithm_clients") + len(algorithm.uploads) * shared
+        world, clients = 2, 8
+        old = world * math.ceil(clients / world) * (4 + per_client) * 8  # the all-gather's float64 rows
+        new = sum(r["values"].numel() * 8 for r in records if r["phase"] == "round") / rounds
+        rows.append({"measure": "bytes per round, rank 1 of 2", "setting": run["name"],
+                     "shared_per_client": shared, "private_and_state_per_client": per_client - shared,
+                     "old_gather_bytes": old, "reduction_bytes": new, "old_over_new": old / new,
+                     "bytes_on_1_process": 0})
+    return rows
+
+
+def _split_by_run(received: list[dict], runs: int) -> list[list[dict]]:
+    """The records of each run of a recorded launch: a run starts with its setup phase."""
+    parts, previous = [], None
+    for record in received:
+        if record["phase"] == "setup" and previous != "setup":
+            parts.append([])
+        if parts:
+            parts[-1].append(record)
+        previous = record["phase"]
+    if len(parts) != runs:  # one process extracts without collectives: every run has a setup record anyway
+        raise RuntimeError(f"recorded launch: expected {runs} runs, found {len(parts)}")
+    return parts
+
+
+def _clients_at_scale(folder: Path, quick: bool, device: str) -> list[dict]:
+    counts = (100, 1000) if quick else (100, 1000, 10000)
+    participants, rounds = 10, 3
+    data = folder / "scale_data"
+    _write_scenes(data, classes=10, per_class=(max(counts) * 6 // 5) // 10, size=16)
+    experiment = folder / "scale.yaml"
+    experiment.write_text(json.dumps({  # JSON is YAML
+        "name": "scale", "seed": 1, "model": {"name": "fedvlm-tiny", "pretrained": None},
+        "data": {"dataset": "synthetic_scenes", "root": str(data), "split": [0.9, 0.1]},
+        "head": {"name": "coop", "n_ctx": 4}, "algorithm": {"name": "fedavg"},
+        "optim": {"lr": 0.01, "batch_size": 8}, "eval": {"clients": "sampled"},
+        "runtime": {"accelerator": "cuda" if device == "cuda" else "cpu", "feature_cache": "disk"},
+        "logging": {"progress": False, "wandb": "disabled", "results_dir": str(folder / "scale_results")}}))
+    rows = []
+    for clients in counts:
+        code = ("import json, resource, sys; import fedvlm; from fedvlm.cli import main; "
+                f"code = main(['run', {str(experiment)!r}] + sys.argv[1:]); "
+                "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+        name = f"scale_{clients}"
+        overrides = [f"name={name}", f"federation.rounds={rounds}", f"federation.participation={participants / clients}",
+                     "partition.name=iid", f"partition.num_clients={clients}"]
+        env = {**os.environ, "FEDVLM_CACHE": f"{folder}/cache"}
+        done = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, env=env,
+                              cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        peak = int(done.stdout.split("peak_kib")[-1].split()[0])
+        summary = json.loads(next((folder / "scale_results" / name).glob("*/summary.json")).read_text())
+        rows.append({"measure": "round at scale", "setting": f"{clients} clients, {participants} per round",
+                     "round_s": summary["rounds_time_s"] / rounds, "peak_rss_MiB": peak / 1024,
+                     "wall_s": summary["wall_time_s"]})
+    return rows
+
+
 BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
               "processes": processes, "memory": memory, "shared_prefix": shared_prefix,
-              "published_style": published_style, "algorithms": algorithms, "head_module": head_module}
+              "published_style": published_style, "algorithms": algorithms, "head_module": head_module,
+              "scale": scale}
 
 
 # --------------------------------------------------------------------------------- report

@@ -1,6 +1,8 @@
 """Run several experiments in one Fabric launch of N gloo processes on the CPU, recording what
 every rank receives from every collective (the outputs of Fabric's all_reduce / all_gather and of
-the checkpoint's gather to rank 0), tagged with the phase it happened in.
+the checkpoint's gather to rank 0), tagged with the phase it happened in ("setup": data and
+feature extraction; "round"; "checkpoint": the gather of client state to rank 0). Used by
+tests/test_reduction_processes.py and by ``make bench``'s scale section (bytes between ranks).
 
     python tests/recorded_launch.py RUNS.json DEVICES RECORD_DIR
 
@@ -62,6 +64,16 @@ def main(runs_path: str, devices: int, record_dir: str) -> None:
             phase[0] = "round"
 
     simulation.collect_client_state = collecting
+    build = simulation.build_federation
+
+    def building(*args, **kwargs):  # data loading and feature extraction: before the rounds
+        phase[0] = "setup"
+        try:
+            return build(*args, **kwargs)
+        finally:
+            phase[0] = "round"
+
+    simulation.build_federation = building
     for config in configs:
         simulation._run_on_rank(fabric, config)
     Path(record_dir).mkdir(parents=True, exist_ok=True)
