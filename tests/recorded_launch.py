@@ -7,7 +7,8 @@ tests/test_reduction_processes.py and by ``make bench``'s scale section (bytes b
     python tests/recorded_launch.py RUNS.json DEVICES RECORD_DIR
 
 RUNS.json: a list of config overrides (mappings). Writes RECORD_DIR/rank<r>.pt, a list of
-``{"collective", "phase", "values"}`` (values: float64, flat). The real Fabric and gloo run; only
+``{"collective", "phase", "values"}`` (values: float64, flat), each run's records after a marker
+with phase "start". The real Fabric and gloo run; only
 the collectives are wrapped, to look at what they hand back.
 """
 
@@ -74,7 +75,8 @@ def main(runs_path: str, devices: int, record_dir: str) -> None:
             phase[0] = "round"
 
     simulation.build_federation = building
-    for config in configs:
+    for config in configs:  # a marker record starts each run's records
+        received.append({"collective": "run", "phase": "start", "values": torch.zeros(0, dtype=torch.float64)})
         simulation._run_on_rank(fabric, config)
     Path(record_dir).mkdir(parents=True, exist_ok=True)
     torch.save(received, Path(record_dir) / f"rank{fabric.global_rank}.pt")

@@ -132,4 +132,4 @@ def test_no_rank_receives_another_ranks_private_tensors(launches):
                      for rank in (0, 1)}
     foreign_to_zero = _private_tensors(folder, lambda k: owner(k, 2) == 1)
     assert all(any(_contains(values, tensor) for values in at_checkpoint[0]) for tensor in foreign_to_zero)
-    assert all(values.numel() <= 1 if hasattr(values, "numel") else values.size <= 1 for values in at_checkpoint[1])
+    assert at_checkpoint[1] and all(values.size <= 1 for values in at_checkpoint[1])  # the row count alone
