@@ -4,10 +4,11 @@ One process per device ("rank") keeps one backbone, one head and the cached feat
 whole run. Each round::
 
     sampled   = clients drawn with the participation rate          (same on every rank)
-    mine      = this rank's share of them, balanced by sample count
+    mine      = the sampled clients this rank owns (client % world size, every round)
     results   = local training of mine, stacked into slots          (fedvlm.client.training)
-    results   = all ranks' results, in client order                 (one all-gather)
-    server    : the algorithm's server step on the shared parameters, private state kept  (fedvlm.algorithms)
+    reports   = every client's samples, steps, loss, finiteness      (one small all-gather)
+    server    : the algorithm's server step on the sums of the clients' terms (a fixed-point
+                all-reduce, bitwise on any process count); private state stays with its owner
     evaluate  : server model on the test split, each client on its own split
     check     : every client's loss and parameters finite         (runtime.on_nonfinite)
     checkpoint, log                                                 (one transaction, tracking/run_folder.py)
