@@ -177,6 +177,11 @@ class RuntimeConfig(Section):
     execution: Literal["sequential", "batched"] = "batched"
     clients_per_pass: int = Field(64, gt=0)  # upper bound on clients stacked into one pass
     feature_cache: Literal["memory", "disk"] = "memory"
+    # Where the cached feature table is indexed for batches: "device" copies it to the accelerator
+    # once (a batch is then a gather there, no host-to-device copy of features per step); "host"
+    # keeps it in host memory; "auto" takes the device when the table fits in half of the
+    # device's free memory (fedvlm.inputs.features.table_device). On a CPU all three are the same.
+    feature_table: Literal["auto", "host", "device"] = "auto"
     cache_dir: str | None = None  # default: $FEDVLM_CACHE, else ~/.cache/fedvlm
     extract_batch_size: int = Field(64, gt=0)
     num_workers: int = Field(0, ge=0)  # image-decoding workers for feature extraction
