@@ -74,10 +74,14 @@ def _use_offline_hub_if_unreachable() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+# The torch seed of every random-weight build (pretrained: null); part of its weights identity.
+RANDOM_WEIGHTS_SEED = 0
+
+
 def weights_identity(pretrained: str | None) -> str:
     """A short string that changes whenever the weights change (for feature-cache keys)."""
     if pretrained is None:
-        return "random"
+        return f"random:{RANDOM_WEIGHTS_SEED}"
     path = Path(pretrained)
     if path.is_file():
         stat = path.stat()
@@ -161,7 +165,12 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
             _use_offline_hub_if_unreachable()
     quick_gelu = uses_quick_gelu(name, pretrained)
     try:
-        with _quiet_root_logger():  # open_clip logs on the root logger; our errors say it in one line
+        # Random weights (pretrained: null) are a fixed draw, not whatever the caller's torch RNG holds:
+        # the feature caches key them by identity ("random", RANDOM_WEIGHTS_SEED), so every load of
+        # a model without weights must give the same tensors; and loading consumes none of the
+        # caller's random stream.
+        with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained if load_weights else None, force_quick_gelu=quick_gelu, device=device)
     except RuntimeError as error:
