@@ -65,6 +65,11 @@ SPECS = {
     "cross_modal_adapter": Spec({"bottleneck": 8}, _inputs("captions")),
     "dualcoop": Spec({"n_ctx": 4}, _inputs("patches"), multilabel=True),
     "fedmpt": Spec({"conditions": ["green lawn", "night"], "adapter_rank": 4}, _inputs("patches"), multilabel=True),
+    # ragged attribute lists (1 to 3 per class) and a narrow feed-forward
+    "fedmvp": Spec({"feedforward_mult": 1, "attributes": {"red field": ["red soil", "a flat shape"],
+                                                          "green forest": ["tall trees"],
+                                                          "blue lake": ["still water", "often a shoreline", "ripples"]}},
+                   _inputs("pixels"), multilabel=True),
     "fedotp": Spec({}, _inputs("patches")),
     "fedpgp": Spec({"n_ctx": 4}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
