@@ -98,13 +98,15 @@ def load_attributes(source: str | dict[str, list[str]] | None, classnames: list[
         if not path.is_file():
             path = ATTRIBUTES_DIR / f"{source}{ATTRIBUTE_SUFFIX}"
         if not path.is_file():
-            shipped = ", ".join(sorted(p.name[: -len(ATTRIBUTE_SUFFIX)] for p in ATTRIBUTES_DIR.glob(f"*{ATTRIBUTE_SUFFIX}")))
+            files = ATTRIBUTES_DIR.glob(f"*{ATTRIBUTE_SUFFIX}")
+            shipped = ", ".join(sorted(p.name[: -len(ATTRIBUTE_SUFFIX)] for p in files))
             raise ConfigError(f"head.attributes: {shown(source)} is neither a file nor a shipped attribute set; "
                               f"expected a path, a mapping, or one of: {shipped}")
         expected = "a JSON object {class name: [attribute, ...]}"
         mapping = read_json(path, "head.attributes: attribute file", expected, ConfigError)
         if not isinstance(mapping, dict):
-            raise ConfigError(f"head.attributes: attribute file {path} holds {type(mapping).__name__}; expected {expected}")
+            raise ConfigError(f"head.attributes: attribute file {path} holds {type(mapping).__name__}; "
+                              f"expected {expected}")
         where = f"attribute file {path}"
     else:
         mapping, where = source, "head.attributes"

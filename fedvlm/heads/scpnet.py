@@ -59,6 +59,8 @@ Everything is shared (FedAvg). On ViT-B/16 (D = d_t = 512): 4 x 512 context + 51
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -115,7 +117,8 @@ def prior_consistency_loss(logits: torch.Tensor, labels: torch.Tensor, prior: to
     pseudo = torch.zeros_like(target).scatter(1, top_index, 1.0)
     pseudo = torch.where(target < p_cutoff, torch.zeros_like(pseudo), pseudo)
     pseudo = torch.where(labels == 1, torch.ones_like(pseudo), pseudo)
-    log_q, log_not_q = F.logsigmoid(logits).clamp(min=-18.42), F.logsigmoid(-logits).clamp(min=-18.42)  # log 1e-8, as the code clamps
+    floor = math.log(1e-8)  # the code clamps the probabilities at 1e-8 before the log
+    log_q, log_not_q = F.logsigmoid(logits).clamp(min=floor), F.logsigmoid(-logits).clamp(min=floor)
     pseudo_term = pseudo * log_q + (1 - pseudo) * log_not_q
     prior_term = calibrated * log_q + (1 - calibrated) * log_not_q
     return -confident * (pseudo_term + kl_lambda * prior_term).sum(dim=1)

@@ -79,6 +79,7 @@ SPECS = {
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "paint": Spec({}, _inputs("pixels")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
+    "ram": Spec({"ot_iterations": 20, "adapter_ratio": 0.1}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
     # a low p_cutoff and scale: some samples are confident, so the prior loss takes part in every check
