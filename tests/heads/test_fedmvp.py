@@ -5,6 +5,8 @@ and the loss written out, the shipped attribute files against the datasets' clas
 one-line errors, and the parameter count of ``fedvlm describe`` on ViT-B-16 (batched ==
 sequential, the slot rule and save / load are tests/heads/test_every_head.py's)."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from fedvlm.data.datasets import _synthetic_names
 from fedvlm.describe import describe
 from fedvlm.errors import ConfigError
 from fedvlm.heads import HEADS, Batch
-from fedvlm.heads.fedmvp import descriptor_sentence, load_attributes, patch_embeddings
+from fedvlm.heads.fedmvp import ATTRIBUTES_DIR, descriptor_sentence, load_attributes, patch_embeddings
 
 CLASSES = ["car", "storage tank", "tree"]
 TEMPLATE = "an aerial photo of a {}."
@@ -142,9 +144,18 @@ def test_shipped_attribute_files_cover_their_dataset(name, classes):
     assert all(s.startswith("a photo of a ") and ", which " in s for s in sentences)
 
 
+@pytest.mark.parametrize("name, count", [("coco2014", 80), ("nuswide", 81)])
+def test_shipped_coco_and_nuswide_files_list_every_class(name, count):
+    mapping = json.loads((ATTRIBUTES_DIR / f"{name}_attributes.json").read_text())
+    classes = [key for key in mapping if not key.startswith("_")]
+    assert len(classes) == count
+    sentences, owners = load_attributes(name, classes, "a photo of a {}.")
+    assert sorted(set(owners)) == list(range(count)) and len(sentences) == 3 * count
+
+
 def test_attribute_errors_are_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="one of: synthetic_voc, voc2007") as error:
-        load_attributes("nuswide", CLASSES, TEMPLATE)
+    with pytest.raises(ConfigError, match="one of: coco2014, nuswide, synthetic_voc, voc2007") as error:
+        load_attributes("mlrsnet", CLASSES, TEMPLATE)
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="no list of attribute strings for class 'tree'"):
         load_attributes({"car": ["metal"], "storage tank": ["metal"]}, CLASSES, TEMPLATE)
