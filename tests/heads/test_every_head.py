@@ -65,6 +65,11 @@ SPECS = {
     "cross_modal_adapter": Spec({"bottleneck": 8}, _inputs("captions")),
     "dualcoop": Spec({"n_ctx": 4}, _inputs("patches"), multilabel=True),
     "fedmpt": Spec({"conditions": ["green lawn", "night"], "adapter_rank": 4}, _inputs("patches"), multilabel=True),
+    # ragged attribute lists (1 to 3 per class) and a narrow feed-forward
+    "fedmvp": Spec({"feedforward_mult": 1, "attributes": {"red field": ["red soil", "a flat shape"],
+                                                          "green forest": ["tall trees"],
+                                                          "blue lake": ["still water", "often a shoreline", "ripples"]}},
+                   _inputs("pixels"), multilabel=True),
     "fedotp": Spec({}, _inputs("patches")),
     "fedpgp": Spec({"n_ctx": 4}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
@@ -74,8 +79,11 @@ SPECS = {
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "paint": Spec({}, _inputs("pixels")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
+    "ram": Spec({"ot_iterations": 20, "adapter_ratio": 0.1}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
+    # a low p_cutoff and scale: some samples are confident, so the prior loss takes part in every check
+    "scpnet": Spec({"gcn_hidden": 8, "p_cutoff": 0.3, "logit_scale": 5.0}, multilabel=True),
     "zeroshot": Spec(),
 }
 
