@@ -250,7 +250,7 @@ def _run_config(source: str, results: Path, cache: Path, **sections) -> dict:
            "runtime": {"feature_cache": "disk", "cache_dir": str(cache)},
            "logging": {"progress": False, "backends": ["csv"], "results_dir": str(results)}}
     for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if key != "head" else value
+        raw[key] = {**raw.get(key, {}), **value} if key not in ("head", "partition") else value
     return raw
 
 
@@ -280,7 +280,7 @@ def test_a_saved_dataset_trains_and_its_fingerprint_keys_the_feature_cache(saved
 
 def test_multi_label_and_caption_datasets_train_end_to_end(saved, tmp_path):
     tags = run(load_config(overrides=_run_config(f"disk:{saved / 'tags'}", tmp_path / "r1", tmp_path / "cache",
-                                                 federation={"rounds": 1})))
+                                                 federation={"rounds": 1}, partition={"name": "iid"})))
     assert tags["primary_metric"] == "mAP" and np.isfinite(tags["global/mAP"])
     captions = run(load_config(overrides=_run_config(
         f"disk:{saved / 'captions'}", tmp_path / "r2", tmp_path / "cache", federation={"rounds": 1},
