@@ -333,3 +333,11 @@ def _captions(part, column: str, where: str) -> list[list[str]]:
                             "image needs at least one for retrieval")
         result.append(texts)
     return result
+
+
+def label_table(labels: np.ndarray):
+    """The class ids ``labels`` ``[N]`` as a ``datasets.Dataset`` (column ``label``) with each
+    row's number (column ``row``): what a Flower Datasets partitioner shares out
+    (:class:`fedvlm.data.partition.Flwr`)."""
+    return _datasets().Dataset.from_dict({"label": np.asarray(labels, dtype=np.int64),
+                                          "row": np.arange(len(labels), dtype=np.int64)})

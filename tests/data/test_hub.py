@@ -330,3 +330,65 @@ def test_a_hub_dataset_runs_offline_from_the_local_cache(tmp_path):
     lines = [line for line in missing.stderr.splitlines() if line.startswith("error: ")]
     assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-3000:]
     assert "data.source: cannot load hf://fedvlm-test/absent" in lines[0] and str(cache) in lines[0]
+
+
+# ------------------------------------------------------------------------------- partition.name: flwr
+
+
+def _flwr_partition(**section):
+    return load_config(overrides={"name": "x", "data": {"dataset": "synthetic_scenes"},
+                                  "partition": {"name": "flwr", **section}}).partition
+
+
+def test_a_flower_partitioner_shares_out_the_labels_as_it_does_alone():
+    partitioner = pytest.importorskip("flwr_datasets.partitioner")
+    labels = np.repeat(np.arange(4), 15)
+    partition = _flwr_partition(num_clients=3, partitioner="DirichletPartitioner",
+                                kwargs={"alpha": 0.5, "min_partition_size": 0})
+    shares = partition(labels, 7)
+    assert np.array_equal(np.sort(np.concatenate(shares)), np.arange(60))  # every row once
+    alone = partitioner.DirichletPartitioner(num_partitions=3, partition_by="label", alpha=0.5, min_partition_size=0,
+                                             seed=7)
+    alone.dataset = Dataset.from_dict({"label": labels, "id": np.arange(60)})  # it reads the label column only
+    for k, share in enumerate(shares):
+        assert np.array_equal(share, np.sort(alone.load_partition(k)["id"]))
+    assert all(np.array_equal(a, b) for a, b in zip(shares, partition(labels, 7)))  # deterministic in the seed
+    assert not all(np.array_equal(a, b) for a, b in zip(shares, partition(labels, 8)))
+    iid = _flwr_partition(num_clients=4, partitioner="IidPartitioner")(labels, 1)  # takes no partition_by or seed
+    assert sorted(len(s) for s in iid) == [15, 15, 15, 15]
+
+
+@pytest.mark.parametrize("section,expected", [
+    ({"partitioner": "DirichletPartitionr"}, "partition.partitioner: unknown flwr_datasets partitioner "
+                                             "'DirichletPartitionr'; expected one of: "),
+    ({"kwargs": {"alpha": 0.5, "num_partitions": 3}}, "partition.kwargs: num_partitions is set by fedvlm"),
+    ({"kwargs": {"alpah": 0.5}}, "partition.kwargs: DirichletPartitioner(num_partitions=10, partition_by='label', "
+                                 "seed=1, alpah=0.5) failed: "),
+])
+def test_a_wrong_flower_partitioner_or_argument_is_one_line(section, expected):
+    pytest.importorskip("flwr_datasets")
+    with pytest.raises(ConfigError) as error:
+        _flwr_partition(**section)(np.repeat(np.arange(3), 20), 1)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value), str(error.value)
+
+
+def test_a_flower_partition_runs_end_to_end(saved, tmp_path):
+    pytest.importorskip("flwr_datasets")
+    summary = run(load_config(overrides=_run_config(
+        f"disk:{saved / 'classes'}", tmp_path / "r", tmp_path / "cache", federation={"rounds": 1},
+        partition={"name": "flwr", "num_clients": 2, "partitioner": "DirichletPartitioner",
+                   "kwargs": {"alpha": 1.0, "min_partition_size": 1}})))
+    counts = np.loadtxt(Path(summary["run_dir"]) / "partition.csv", delimiter=",", skiprows=1)
+    assert summary["num_clients"] == 2 and counts.sum() == 12  # the 50/50 split's 12 training images
+
+
+def test_without_flower_datasets_the_flwr_partition_is_one_line():
+    try:
+        import flwr_datasets  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("flwr-datasets is installed")
+    with pytest.raises(ConfigError, match=r"^partition.name: flwr needs the Flower Datasets package; "
+                                          r"pip install 'fedvlm\[flwr\]'"):
+        _flwr_partition()(np.repeat(np.arange(3), 20), 1)
