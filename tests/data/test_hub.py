@@ -161,6 +161,25 @@ def test_an_imagefolder_tree_reads_its_folder_names_as_classes(saved):
         assert image.size == (32, 32)
 
 
+def test_rows_feed_the_pixel_batches_and_the_feature_cache_workers(saved, tiny_backbone):
+    import torch
+
+    from fedvlm.backbone.cache import image_features
+    from fedvlm.inputs.features import PixelBatches
+
+    dataset, _ = load_data(_data(f"disk:{saved / 'classes'}"))
+    reference = datasets.load_from_disk(str(saved / "classes"))
+    source = PixelBatches(dataset.paths, tiny_backbone.preprocess, torch.zeros(len(dataset), 4),
+                          torch.from_numpy(dataset.labels), "cpu")
+    batch = source.batch(np.array([0, 5]), np.zeros(2, dtype=np.int64))
+    expected = torch.stack([tiny_backbone.preprocess(reference[i]["image"].convert("RGB")) for i in (0, 5)])
+    assert torch.equal(batch.pixels, expected)
+    in_process = image_features(tiny_backbone, dataset.paths[:8], patches=False)
+    clear_memory_cache()
+    in_workers = image_features(tiny_backbone, dataset.paths[:8], patches=False, num_workers=2)  # rows pickled
+    assert torch.equal(in_process.pooled, in_workers.pooled)
+
+
 # ------------------------------------------------------------------------------- one-line errors
 
 
