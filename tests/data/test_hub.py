@@ -280,6 +280,7 @@ def _entries(cache: Path) -> dict[str, int]:
 
 def test_a_saved_dataset_trains_and_its_fingerprint_keys_the_feature_cache(saved, tmp_path):
     cache = tmp_path / "cache"
+    clear_memory_cache()  # an earlier test's features of these rows would skip the disk cache
     first = run(load_config(overrides=_run_config(f"disk:{saved / 'classes'}", tmp_path / "r1", cache)))
     assert first["dataset"] == "disk:classes" and first["rounds"] == 2 and first["num_clients"] == 2
     written = _entries(cache)
