@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedvlm.errors import ConfigError
 
@@ -79,8 +79,34 @@ class ModelConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+# data.source: a Hugging Face dataset, from the Hub (hf://owner/name, or hf://name for an
+# owner-less id) or from a save_to_disk folder (disk:/path, relative to the working directory);
+# fedvlm.data.hub reads both.
+HUB_SOURCE = re.compile(r"hf://[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+SOURCE_FORMS = "hf://owner/name or disk:/path/to/a/save_to_disk/folder"
+
+
+class HubConfig(Section):
+    """How a ``data.source`` dataset is read (docs/DATASETS.md, "Hugging Face datasets"). A null
+    column is found from the features: the only ``Image`` column; the only ``ClassLabel``
+    (classification) or ``Sequence(ClassLabel)`` (multi-label) column; a caption column only
+    when it is named, or when there is no label column and exactly one string column."""
+
+    # null: the train and test splits (validation when there is no test) as the official split,
+    # or the only split there is; a name: that split alone, cut by data.split
+    split: str | None = None
+    config_name: str | None = None  # the Hub dataset's configuration (load_dataset's second argument)
+    image_column: str | None = None
+    label_column: str | None = None
+    caption_column: str | None = None  # a string or list-of-strings column: the retrieval task
+
+
 class DataConfig(Section):
-    dataset: str
+    # Exactly one of the two: a registered dataset in its on-disk layout (fedvlm.data.datasets),
+    # or a Hugging Face dataset (SOURCE_FORMS), read with the settings of ``hf``.
+    dataset: str | None = None
+    source: str | None = None
+    hf: HubConfig = HubConfig()
     root: str | None = None  # default: $FEDVLM_DATA, else ./data
     # Stratified per-class fractions: [train, test] or [train, val, test]; null = the dataset's default.
     split: list[float] | None = None
@@ -92,6 +118,35 @@ class DataConfig(Section):
     # Part annotation (FedMPT Mask%): this fraction of the training labels is hidden (unknown, not
     # negative). Multi-label datasets only.
     hidden_labels: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value):
+        if value is None or HUB_SOURCE.fullmatch(value) or (value.startswith("disk:") and value[len("disk:"):]):
+            return value
+        raise ValueError(f"expected {SOURCE_FORMS}")
+
+    @model_validator(mode="after")
+    def _one_kind_of_data(self):
+        if (self.dataset is None) == (self.source is None):
+            given = "both" if self.dataset is not None else "neither"
+            raise ConfigError(f"data: give exactly one of data.dataset (a registered dataset) or data.source "
+                              f"({SOURCE_FORMS}), got {given}")
+        if self.source is None and self.hf != HubConfig():
+            raise ConfigError("data.hf: applies to data.source only, and data.dataset is given; remove data.hf or "
+                              "set data.source")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The data's name in logs, tags and summaries: ``data.dataset``, ``data.source`` for the
+        Hub, ``disk:<folder name>`` for a folder (a W&B tag holds at most 64 characters)."""
+        if self.dataset is not None:
+            return self.dataset
+        if self.source.startswith("hf://"):
+            return self.source
+        folder = self.source[len("disk:"):].rstrip("/\\")
+        return "disk:" + re.split(r"[/\\]", folder)[-1]
 
     @field_validator("split")
     @classmethod

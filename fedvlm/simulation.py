@@ -46,7 +46,7 @@ from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
 from fedvlm.config import ExperimentConfig
-from fedvlm.data.datasets import DATASETS, data_root, load_dataset
+from fedvlm.data.datasets import DatasetSpec, data_root, data_spec, load_data
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
@@ -131,10 +131,10 @@ class ServerState:
 
 
 def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None,
-            classnames: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            classnames: list[str] | None = None, spec: DatasetSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows: the configured fractions (stratified per class for class labels),
-    else the dataset's official split, else its default fractions; then few-shot sampling."""
-    spec = DATASETS.get(config.data.dataset)
+    else the dataset's official split, else its default fractions (``spec``'s); then few-shot sampling."""
+    spec = spec or data_spec(config.data)
     if config.data.split is None and official:
         train, test = official["train"], official["test"]
     else:
@@ -187,10 +187,11 @@ def _digest(*parts) -> str:
 
 
 def _dataset_identity(config: ExperimentConfig, dataset, train: np.ndarray, test: np.ndarray) -> dict[str, str]:
-    """The data a run trains on: file list (relative to the data root) and labels, class names,
-    and the train/test rows the split and few-shot sampling cut from them."""
+    """The data a run trains on: file list (relative to the data root; a Hugging Face dataset's
+    rows by fingerprint, split, column and row) and labels, class names, and the train/test rows
+    the split and few-shot sampling cut from them."""
     root = data_root(config.data.root)
-    files = "\n".join(os.path.relpath(path, root) for path in dataset.paths)
+    files = "\n".join(getattr(path, "cache_identity", None) or os.path.relpath(path, root) for path in dataset.paths)
     official = sorted((dataset.official_splits or {}).items())
     return {"dataset": _digest(files, dataset.labels, "\n".join(dataset.classnames), train, test,
                                *[part for name, rows in official for part in (name, np.asarray(rows))]),
@@ -214,13 +215,12 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     ``expected_identity`` (a resumed checkpoint's): the data, backbone and client shares must be
     the ones it was trained on; each is checked as soon as it is known.
     """
-    dataset = load_dataset(config.data.dataset, config.data.root)
-    spec = DATASETS.get(config.data.dataset)
+    dataset, spec = load_data(config.data)  # data.dataset, or a Hugging Face data.source (fedvlm.data.hub)
     task = TASKS.get(spec.task)(config.eval.threshold, config.eval.top_k)
-    train, test = _splits(config, dataset.labels, dataset.official_splits, dataset.classnames)
+    train, test = _splits(config, dataset.labels, dataset.official_splits, dataset.classnames, spec)
     identity = _dataset_identity(config, dataset, train, test)
     _check_identity(expected_identity, identity, "dataset",
-                    f"the dataset {config.data.dataset} (its file list, labels or split)")
+                    f"the dataset {config.data.name} (its file list, labels or split)")
     config.partition.check(len(train))
 
     # Only the images the run uses are encoded; rows are renumbered to the feature table.
@@ -229,7 +229,7 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     row_of[used] = np.arange(len(used))
     head_class = HEADS.get(config.head.name)
     if head_class.output_kind != task.expects:
-        raise ConfigError(f"head.name: {config.head.name} returns {head_class.output_kind}, but {config.data.dataset} "
+        raise ConfigError(f"head.name: {config.head.name} returns {head_class.output_kind}, but {config.data.name} "
                           f"is a {spec.task} dataset that scores {task.expects}; choose a {spec.task} head")
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision,
                                device=fabric.device)
@@ -746,8 +746,8 @@ def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Fede
                header=",".join(federation.classnames), comments="")
     partition_name = config.partition.name
     image = partition_heatmap(counts, federation.classnames, folder.path / "partition.png",
-                              f"{config.data.dataset}: {partition_name}, {len(counts)} clients (train images)")
-    tags = [config.head.name, config.algorithm.name, config.data.dataset, partition_name, f"seed{config.seed}",
+                              f"{config.data.name}: {partition_name}, {len(counts)} clients (train images)")
+    tags = [config.head.name, config.algorithm.name, config.data.name, partition_name, f"seed{config.seed}",
             *config.logging.tags]
     # A resumed run logs to a new W&B run of the same name and group: an offline W&B run cannot
     # be reopened by a second process. metrics.jsonl stays the one complete record.
@@ -775,7 +775,7 @@ def _summary(config, federation: Federation, state: ServerState, metrics: dict, 
     shared, private = head.parameters_per_client(head.shared_names()), head.parameters_per_client(head.private_names())
     return {
         "experiment": config.name, "run_id": folder.run_id, "run_dir": str(folder.path), "seed": config.seed,
-        "method": config.head.name, "algorithm": config.algorithm.name, "dataset": config.data.dataset,
+        "method": config.head.name, "algorithm": config.algorithm.name, "dataset": config.data.name,
         "num_clients": federation.num_clients, "rounds": config.federation.rounds,
         "primary_metric": federation.task.primary,
         **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()},

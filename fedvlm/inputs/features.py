@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from fedvlm.backbone.cache import open_image
 from fedvlm.errors import DataError
 from fedvlm.batch import Batch
 
@@ -86,7 +86,7 @@ class PixelBatches(FeatureBatches):
         images = []
         for row in rows:
             try:
-                with Image.open(self.paths[row]) as image:
+                with open_image(self.paths[row]) as image:  # a file, or a dataset row (fedvlm.data.hub)
                     images.append(self.preprocess(image.convert("RGB")))
             except Exception as error:
                 raise DataError(f"cannot read image {self.paths[row]}: {type(error).__name__}") from None
