@@ -144,6 +144,7 @@ def check_task_keys(config: "ExperimentConfig") -> None:
     """Refuse a key that does not act on the dataset's task, and a head whose evaluation output
     the task cannot score (a retrieval head on a classification dataset), in one line each."""
     from fedvlm.data.datasets import data_spec
+    from fedvlm.data.partition import PARTITIONS
     from fedvlm.heads import HEADS
     from fedvlm.tasks import TASKS
 
@@ -160,6 +161,11 @@ def check_task_keys(config: "ExperimentConfig") -> None:
             kinds = " or ".join(tasks)
             raise ConfigError(f"{key}: applies to {kinds} datasets only, and {dataset} is a {task} dataset "
                               f"(got {_yaml_scalar(value) if isinstance(value, BaseModel) else shown(value)}); remove it or set {key}={_yaml_scalar(default)}")
+    partition = type(config.partition)
+    if task == "multilabel" and not partition.multi_hot:
+        accepted = ", ".join(name for name in PARTITIONS.names() if PARTITIONS.get(name).multi_hot)
+        raise ConfigError(f"partition.name: {config.partition.name} shares out one class id per image, and {dataset} "
+                          f"is a multilabel dataset (several labels per image); choose one of: {accepted}")
     head = HEADS.get(config.head.name, key="head.name")
     expects = TASKS.get(task).expects
     if head.output_kind != expects:

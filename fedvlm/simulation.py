@@ -22,6 +22,7 @@ was trained on, and resume refuses other inputs (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -45,7 +46,7 @@ from fedvlm.client.module import HeadModule
 from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
-from fedvlm.config import ExperimentConfig
+from fedvlm.config import ExperimentConfig, build_config
 from fedvlm.data.datasets import DatasetSpec, data_root, data_spec, load_data
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
@@ -712,12 +713,23 @@ _RESUMABLE_DIFFERENCES = ("resume", "runtime", "logging")
 def _load_resumable(folder: RunFolder, config: ExperimentConfig) -> dict:
     """The folder's checkpoint, safely loaded, when it was written by a run of these settings."""
     checkpoint = folder.load_checkpoint()
-    saved, current = checkpoint["config"], config.to_dict()
+    saved, current = _as_current_settings(checkpoint["config"]), config.to_dict()
     for key in current:
         if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key):
             raise ConfigError(f"resume: {key} differs from the run in {folder.path} "
                               f"(saved {saved.get(key)!r}); resume with the same experiment settings")
     return checkpoint
+
+
+def _as_current_settings(saved: dict) -> dict:
+    """A checkpoint's settings read by today's schema, so that a run saved before a key existed
+    resumes: the key takes its default, which is the behaviour the run was trained with (a new
+    key's default keeps the old behaviour), and a deprecated spelling maps as it does in a YAML.
+    Settings today's schema refuses are compared as saved (and so differ, in one line)."""
+    try:
+        return build_config(copy.deepcopy(saved)).to_dict()
+    except ConfigError:
+        return saved
 
 
 def _already_finished(folder: RunFolder, config: ExperimentConfig, is_main: bool) -> dict:

@@ -272,6 +272,8 @@ class PartitionConfig(ComponentConfig):
     num_clients: int = Field(10, gt=0)
     needs_features: ClassVar[bool] = False  # True: partitions image features, not labels
     needs_domains: ClassVar[bool] = False  # True: partitions by each image's domain
+    # True: shares out multi-hot label rows [N, C] too; the others read one class id per image
+    multi_hot: ClassVar[bool] = False
 
     def __call__(self, labels: Sequence[int], seed: int, features=None, domains=None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -311,6 +313,8 @@ class Dirichlet(PartitionConfig):
 
 @PARTITIONS.register("iid")
 class IID(PartitionConfig):
+    multi_hot: ClassVar[bool] = True
+
     def __call__(self, labels, seed, features=None, domains=None):
         return iid(labels, self.num_clients, seed)
 
@@ -319,6 +323,8 @@ class IID(PartitionConfig):
 class Centralized(PartitionConfig):
     """One client holding all the data: the papers' "Centralized" column (trained with FedAvg, the
     mean over one client being that client; ``algorithm: centralized`` is an alias, fedvlm.config)."""
+
+    multi_hot: ClassVar[bool] = True
 
     num_clients: int = Field(1, ge=1, le=1)
     # a renamed section (partition.name=centralized) does not carry num_clients over: it is fixed at 1
@@ -471,6 +477,8 @@ class FeatureClusters(PartitionConfig):
     """``partition: {name: feature_clusters, num_clients: S}``: one k-means cluster of the split's
     zero-shot image features per client. Test images go to the client whose train-split
     centroid is nearest, so personalised evaluation sees the client's own kind of image."""
+
+    multi_hot: ClassVar[bool] = True
 
     needs_features: ClassVar[bool] = True
 

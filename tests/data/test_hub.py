@@ -247,7 +247,8 @@ def test_task_specific_keys_follow_the_source_task(saved):
     with pytest.raises(ConfigError, match="data.hidden_labels: applies to multilabel datasets only, and "
                                           "disk:classes is a classification dataset"):
         load_config(overrides={"name": "x", "data": {"source": f"disk:{saved / 'classes'}", "hidden_labels": 0.5}})
-    load_config(overrides={"name": "x", "data": {"source": f"disk:{saved / 'tags'}", "hidden_labels": 0.5}})
+    load_config(overrides={"name": "x", "data": {"source": f"disk:{saved / 'tags'}", "hidden_labels": 0.5},
+                           "partition": {"name": "iid"}})
 
 
 def test_fedvlm_imports_without_datasets():
