@@ -44,12 +44,14 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class ClientUpdate:
     """What the server receives from one client: its shared parameters at the end of the round
-    (after the client half's :meth:`AlgorithmConfig.finish_client`) and the extra uploads."""
+    (after the client half's :meth:`AlgorithmConfig.finish_client`), the extra uploads, and the
+    local steps it took (tau_i: fewer than a full round for a straggler; FedNova normalises by it)."""
 
     client: int
     num_samples: int
     shared: Tensors
     extras: Tensors = field(default_factory=dict)
+    steps: int = 0
 
 
 @dataclass(frozen=True)
