@@ -306,10 +306,12 @@ def dropped_clients(seed: int, round_index: int, clients: list[int], dropout: fl
                     num_clients: int) -> list[int]:
     """The sampled ``clients`` that fail to report this round: client k with probability ``dropout[k]``."""
     rates = _per_client(dropout, num_clients)
-    return [k for k in clients if rates[k] > 0 and _client_draw(seed, round_index, k, _DROPOUT_STREAM).random() < rates[k]]
+    return [k for k in clients
+            if rates[k] > 0 and _client_draw(seed, round_index, k, _DROPOUT_STREAM).random() < rates[k]]
 
 
-def straggler_steps(seed: int, round_index: int, clients: list[int], stragglers, client_steps: list[int]) -> dict[int, int]:
+def straggler_steps(seed: int, round_index: int, clients: list[int], stragglers,
+                    client_steps: list[int]) -> dict[int, int]:
     """The stragglers among ``clients`` and the local steps each completes: with probability
     ``stragglers.fraction`` client k does ``max(1, floor(u * client_steps[k]))`` of its steps, u
     uniform in [``stragglers.min_work``, 1) (:class:`fedvlm.sections.StragglerConfig`). Only the
@@ -351,7 +353,8 @@ class RoundPlan:
                 "availability/sampled": len(self.sampled), "availability/dropped": len(self.dropped),
                 "availability/reported": len(self.reporting), "availability/straggled": len(stragglers)}
         if self.available is not None:
-            line.update({"availability/available_clients": self.available, "availability/available": len(self.available)})
+            line.update({"availability/available_clients": self.available,
+                         "availability/available": len(self.available)})
         return line
 
 
@@ -693,8 +696,9 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar, module,
                                     fabric, plan.local_steps) if optimizer else []
+        # every rank knows the plan: when no client reports, all of them skip the all-gather
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer, packed_extras,
-                                 packed_algorithm) if optimizer else []
+                                 packed_algorithm) if optimizer and plan.reporting else []
         _crash_if_requested("mid_round", round_index + 1)
         kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
                 if checkpointed is not None else "no round was checkpointed yet")

@@ -268,7 +268,8 @@ def test_one_and_two_processes_agree_with_dropout_and_stragglers(colour_data_roo
     two = _cli(["run", str(config), "name=two", "runtime.devices=2"])
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     (one_dir,), (two_dir,) = (tmp_path / "results" / "one").iterdir(), (tmp_path / "results" / "two").iterdir()
-    assert torch.equal(_checkpoint(one_dir)["global_shared"]["context"], _checkpoint(two_dir)["global_shared"]["context"])
+    a, b = _checkpoint(one_dir), _checkpoint(two_dir)
+    assert torch.equal(a["global_shared"]["context"], b["global_shared"]["context"])
     lines = _lines(one_dir)
     assert lines == _lines(two_dir)
     assert sum(line["availability/dropped"] for line in lines) and sum(line["availability/straggled"] for line in lines)
@@ -287,7 +288,8 @@ def test_a_killed_run_with_dropout_resumes_bitwise(colour_data_root, tmp_path):
     assert resumed.returncode == -9, resumed.stderr[-2000:]
     done = _cli(["run", str(config), "name=killed", "resume=true"])
     assert done.returncode == 0, done.stderr[-2000:]
-    (whole_dir,), (killed_dir,) = (tmp_path / "results" / "whole").iterdir(), (tmp_path / "results" / "killed").iterdir()
+    (whole_dir,) = (tmp_path / "results" / "whole").iterdir()
+    (killed_dir,) = (tmp_path / "results" / "killed").iterdir()
     assert (whole_dir / "metrics.jsonl").read_bytes() == (killed_dir / "metrics.jsonl").read_bytes()
     a, b = _checkpoint(whole_dir), _checkpoint(killed_dir)
     assert torch.equal(a["global_shared"]["context"], b["global_shared"]["context"])

@@ -61,7 +61,7 @@ class ServerRound:
     index: int  # 0-based
     seed: int  # the experiment's seed (server-side randomness, e.g. DP noise)
     num_clients: int  # K, every client of the federation
-    num_sampled: int  # clients drawn this round (before any non-finite one is left out)
+    num_sampled: int  # clients drawn this round that report (dropped ones excluded; non-finite ones still counted)
 
 
 def zeros_like_state(kinds: tuple[str, ...], shared: Tensors) -> Tensors:

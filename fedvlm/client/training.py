@@ -151,8 +151,8 @@ def train_pass(model: "HeadModule | Head", optimizer: SlotOptimizer, tasks: list
         module.on_train_batch_end(loss, None, step)
     head.eval()
     losses = module.slot_loss.cpu()  # the pass's one device-to-host copy of the losses
-    uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, planned, schedule_of, params, shared_names,
-                                                 module.client_state, module.server_state)
+    uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, planned, schedule_of, params,
+                                                 shared_names, module.client_state, module.server_state)
     results = []
     trained_slots = module.read_clients(len(tasks), optimizer)
     for slot, (task, schedule) in enumerate(zip(tasks, schedules)):
@@ -181,8 +181,8 @@ def _stacked_state(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], s
 
 
 @torch.no_grad()
-def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], schedules, planned, schedule_of, params,
-                    shared_names: list[str], client_state: dict[str, torch.Tensor],
+def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], schedules, planned, schedule_of,
+                    params, shared_names: list[str], client_state: dict[str, torch.Tensor],
                     server_state: dict[str, torch.Tensor]):
     """The client half's end of the round, over the pass's clients at once: (uploaded shared
     parameters, extra uploads, new per-client state), each ``{key: [len(tasks), ...]}``. Without
