@@ -51,7 +51,7 @@ class ClientUpdate:
     num_samples: int
     shared: Tensors
     extras: Tensors = field(default_factory=dict)
-    steps: int = 0
+    steps: int | None = None  # None: not recorded (FedNova refuses such an update)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ class FedNova(AlgorithmConfig):
     """Both halves: FedAvg's client half, the normalised server step above."""
 
     def server_step(self, current, updates, server_state, round_info):
+        if any(u.steps is None for u in updates):
+            raise ValueError("fednova normalises by each client's local steps: build every ClientUpdate with steps=")
         participants = [u for u in updates if u.num_samples > 0 and u.steps > 0]
         total = sum(u.num_samples for u in participants)
         if not participants:
