@@ -55,6 +55,7 @@ from fedvlm.heads.base import RoundContext
 from fedvlm.inputs.build import batch_source, feature_request
 from fedvlm.inputs.features import FeatureBatches
 from fedvlm.ot import MarginalErrorMonitor
+from fedvlm.sections import DiurnalAvailability
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
@@ -295,9 +296,11 @@ def _per_client(value: float | list[float], num_clients: int) -> list[float]:
     return list(value) if isinstance(value, list) else [value] * num_clients
 
 
-def available_clients(seed: int, round_index: int, availability: float | list[float], num_clients: int) -> list[int]:
-    """The clients present this round: client k with probability ``availability[k]``."""
-    presence = _per_client(availability, num_clients)
+def available_clients(seed: int, round_index: int, availability, num_clients: int) -> list[int]:
+    """The clients present this round: client k with probability ``availability[k]`` (or the
+    daily cycle's, :class:`fedvlm.sections.DiurnalAvailability`)."""
+    presence = availability.presence(round_index, num_clients) if isinstance(availability, DiurnalAvailability) \
+        else _per_client(availability, num_clients)
     return [k for k in range(num_clients)
             if _client_draw(seed, round_index, k, _AVAILABLE_STREAM).random() < presence[k]]
 

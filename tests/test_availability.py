@@ -96,6 +96,20 @@ def test_available_sampling_samples_only_the_clients_present():
     assert len({tuple(present) for present in rounds}) == 4  # drawn anew each round
 
 
+def test_a_daily_cycle_moves_the_present_clients_round_by_round():
+    cycle = FederationConfig(sampling="available", availability={"period": 4, "low": 0.1, "high": 0.9}).availability
+    presence = cycle.presence(0, 4)  # the clients' peaks are spread over the day
+    assert presence == pytest.approx([0.9, 0.5, 0.1, 0.5])
+    assert cycle.presence(1, 4) == pytest.approx([0.5, 0.1, 0.5, 0.9])
+    assert cycle.presence(4, 4) == pytest.approx(presence)  # the next day
+    counts = np.zeros((4, 40))
+    for day in range(40):
+        for round_index in range(4):
+            counts[round_index, available_clients(3, day * 4 + round_index, cycle, 40)] += 1
+    # over 40 days, round 0 of a day finds the clients of phase 0 present far more often than those of phase 1/2
+    assert counts[0, :5].mean() > 30 and counts[0, 18:23].mean() < 10 and counts[2, 18:23].mean() > 30
+
+
 def test_straggler_steps_follow_the_draw():
     stragglers = FederationConfig(stragglers={"fraction": 0.6, "min_work": 0.25}).stragglers
     clients, full = list(range(40)), [8] * 39 + [1]
@@ -125,6 +139,7 @@ def test_a_stragglers_batches_are_the_first_of_a_full_round():
     ("federation.availability=0.5", "federation.availability acts only with federation.sampling: available"),
     ("federation.sampling=available", "set federation.availability"),
     ("federation.stragglers={min_work: 0}", "federation.stragglers.min_work"),
+    ("federation.availability={period: 4, low: 0.9, high: 0.2}", "federation.availability: expected low <= high"),
 ])
 def test_bad_values_are_one_line(override, message):
     with pytest.raises(ConfigError) as error:
@@ -135,7 +150,8 @@ def test_bad_values_are_one_line(override, message):
 def _nested(override: str) -> dict:
     key, value = override.split("=", 1)
     section, name = key.split(".")
-    return {section: {**BASE[section], name: yaml.safe_load(value)}}
+    extra = {"sampling": "available"} if name == "availability" and value.startswith("{") else {}
+    return {section: {**BASE[section], name: yaml.safe_load(value), **extra}}
 
 
 def test_one_probability_per_client_is_checked_against_the_partition(colour_data_root, tmp_path):
