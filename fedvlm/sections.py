@@ -10,12 +10,13 @@ root, which knows every registry) builds the whole :class:`~fedvlm.config.Experi
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, shown
 
 
 def _check_run_name(value: str) -> str:
@@ -165,11 +166,112 @@ class DataConfig(Section):
         return value
 
 
+def _probabilities(value: float | list[float], valid, expected: str) -> float | list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(valid(p) for p in values):
+        raise ValueError(f"expected a probability {expected}")
+    return value
+
+
+class StragglerConfig(Section):
+    """``federation.stragglers``: each reporting client straggles with probability ``fraction``;
+    a straggler completes ``max(1, floor(u * steps))`` of its ``steps`` local steps, u uniform in
+    [``min_work``, 1) (FedProx's systems heterogeneity, Li et al. 2020; FedNova's heterogeneous
+    tau_i, Wang et al. 2020): at least one step, fewer than a full round."""
+
+    fraction: float = Field(0.5, ge=0, le=1)
+    min_work: float = Field(0.1, gt=0, le=1)
+
+
+class DiurnalAvailability(Section):
+    """``federation.availability: {period: P, low: a, high: b}``: client k is present in round r
+    with probability ``a + (b - a) (1 + cos(2 pi (r / P + k / K))) / 2``, a day of P rounds whose
+    peak moves across the K clients (time zones), between ``low`` and ``high``."""
+
+    period: int = Field(24, gt=0)
+    low: float = Field(0.2, gt=0, le=1)
+    high: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"expected low <= high, got low {self.low} and high {self.high}")
+        return self
+
+    def presence(self, round_index: int, num_clients: int) -> list[float]:
+        """``[K]`` each client's probability of being present in round ``round_index``."""
+        phase = [2 * math.pi * (round_index / self.period + k / num_clients) for k in range(num_clients)]
+        return [self.low + (self.high - self.low) * (1 + math.cos(angle)) / 2 for angle in phase]
+
+
 class FederationConfig(Section):
+    """Rounds, sampling and local work. The availability keys (``dropout``, ``stragglers``,
+    ``sampling`` with ``availability``; docs/AVAILABILITY.md) are off by default, and a run
+    without them is bitwise the run it was before they existed."""
+
     rounds: int = Field(10, ge=0)
     participation: float = Field(1.0, gt=0, le=1)  # fraction of clients sampled each round
     local_epochs: int = Field(1, gt=0)
     local_steps: int | None = Field(None, gt=0)  # when set, a fixed number of steps replaces epochs
+    # Probability that a sampled client fails to report (one rate, or one per client): it is
+    # sampled, never trains, and its update never reaches the aggregate.
+    dropout: float | list[float] = 0.0
+    stragglers: StragglerConfig | None = None  # null: every client completes its local steps
+    # 'uniform': sample among all clients; 'available': among the clients present this round, each
+    # present with its probability in `availability` (one for all, one per client, or a daily cycle)
+    sampling: Literal["uniform", "available"] = "uniform"
+    availability: DiurnalAvailability | float | list[float] | None = None
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_rates(cls, value):
+        # below 1: a client that never reports would never train
+        return _probabilities(value, lambda p: 0 <= p < 1, "in [0, 1), or a list of them with one per client")
+
+    @field_validator("availability", mode="before")
+    @classmethod
+    def _daily_cycle(cls, value):
+        if not isinstance(value, dict):
+            return value
+        try:
+            return DiurnalAvailability.model_validate(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = "".join(f".{part}" for part in first["loc"])
+            raise ConfigError(f"federation.availability{where}: {first['msg'].removeprefix('Value error, ')} "
+                              f"(got {shown(value)}); a daily cycle is {{period: rounds, low: p, high: p}}") from None
+
+    @field_validator("availability")
+    @classmethod
+    def _presence(cls, value):
+        # above 0: a client that is never there would never be sampled
+        if value is None or isinstance(value, DiurnalAvailability):
+            return value
+        return _probabilities(value, lambda p: 0 < p <= 1, "in (0, 1], a list of them with one per client, or "
+                                                           "{period, low, high}")
+
+    @model_validator(mode="after")
+    def _availability_with_sampling(self):
+        if self.sampling == "available" and self.availability is None:
+            raise ConfigError("federation.sampling: available samples among the clients present each round; "
+                              "set federation.availability (a probability, or one per client), e.g. 0.8")
+        if self.sampling == "uniform" and self.availability is not None:
+            raise ConfigError("federation.availability acts only with federation.sampling: available; "
+                              "set it, or remove federation.availability")
+        return self
+
+    @property
+    def models_availability(self) -> bool:
+        """Whether any availability option is on (its keys then appear in the metrics lines)."""
+        return self.sampling == "available" or self.stragglers is not None or self.dropout != 0.0
+
+    def check_clients(self, num_clients: int) -> None:
+        """Refuse, in one line, per-client probabilities that are not one per client."""
+        for key in ("dropout", "availability"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != num_clients:
+                raise ConfigError(f"federation.{key}: {len(value)} probabilities, but the partition made "
+                                  f"{num_clients} clients; expected one per client, or a single probability")
 
 
 class OptimConfig(Section):

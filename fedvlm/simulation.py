@@ -46,7 +46,7 @@ from fedvlm.client.module import HeadModule
 from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
-from fedvlm.config import ExperimentConfig, build_config
+from fedvlm.config import ExperimentConfig, FederationConfig, build_config
 from fedvlm.data.datasets import DatasetSpec, data_root, data_spec, load_data
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
@@ -56,6 +56,7 @@ from fedvlm.heads.base import RoundContext
 from fedvlm.inputs.build import batch_source, feature_request
 from fedvlm.inputs.features import FeatureBatches
 from fedvlm.ot import MarginalErrorMonitor
+from fedvlm.sections import DiurnalAvailability
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
@@ -270,13 +271,110 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
 # ------------------------------------------------------------------------------- one round
 
 
-def sample_clients(seed: int, round_index: int, num_clients: int, participation: float) -> list[int]:
-    """The clients of a round: ``max(1, round(participation * K))`` of them, sorted."""
+def sample_clients(seed: int, round_index: int, num_clients: int, participation: float,
+                   among: list[int] | None = None) -> list[int]:
+    """The clients of a round: ``max(1, round(participation * K))`` of them, sorted, drawn from
+    ``among`` (the clients available this round; None: all K), all of them when fewer are there."""
     count = max(1, round(participation * num_clients))
-    if count >= num_clients:
-        return list(range(num_clients))
-    chosen = np.random.default_rng([int(seed), int(round_index), 0xC11E]).choice(num_clients, count, replace=False)
-    return sorted(int(k) for k in chosen)
+    candidates = list(range(num_clients)) if among is None else sorted(among)
+    if count >= len(candidates):
+        return candidates
+    chosen = np.random.default_rng([int(seed), int(round_index), 0xC11E]).choice(len(candidates), count, replace=False)
+    return sorted(candidates[int(i)] for i in chosen)
+
+
+# Client availability (docs/AVAILABILITY.md). Each draw has its own stream per (seed, round,
+# client), apart from the sampling's and the client's training streams: turning dropout on does
+# not change who is sampled, and a client's draw does not depend on which others are sampled.
+_AVAILABLE_STREAM, _DROPOUT_STREAM, _STRAGGLER_STREAM = 0xA7A1, 0xD209, 0x5714
+
+
+def _client_draw(seed: int, round_index: int, client: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(round_index), int(client), stream])
+
+
+def _per_client(value: float | list[float], num_clients: int) -> list[float]:
+    return list(value) if isinstance(value, list) else [value] * num_clients
+
+
+def available_clients(seed: int, round_index: int, availability, num_clients: int) -> list[int]:
+    """The clients present this round: client k with probability ``availability[k]`` (or the
+    daily cycle's, :class:`fedvlm.sections.DiurnalAvailability`)."""
+    presence = availability.presence(round_index, num_clients) if isinstance(availability, DiurnalAvailability) \
+        else _per_client(availability, num_clients)
+    return [k for k in range(num_clients)
+            if _client_draw(seed, round_index, k, _AVAILABLE_STREAM).random() < presence[k]]
+
+
+def dropped_clients(seed: int, round_index: int, clients: list[int], dropout: float | list[float],
+                    num_clients: int) -> list[int]:
+    """The sampled ``clients`` that fail to report this round: client k with probability ``dropout[k]``."""
+    rates = _per_client(dropout, num_clients)
+    return [k for k in clients
+            if rates[k] > 0 and _client_draw(seed, round_index, k, _DROPOUT_STREAM).random() < rates[k]]
+
+
+def straggler_steps(seed: int, round_index: int, clients: list[int], stragglers,
+                    client_steps: list[int]) -> dict[int, int]:
+    """The stragglers among ``clients`` and the local steps each completes: with probability
+    ``stragglers.fraction`` client k does ``max(1, floor(u * client_steps[k]))`` of its steps, u
+    uniform in [``stragglers.min_work``, 1) (:class:`fedvlm.sections.StragglerConfig`). Only the
+    clients left with fewer steps than a full round straggle (a one-step round cannot be cut)."""
+    steps = {}
+    for k in clients:
+        draw = _client_draw(seed, round_index, k, _STRAGGLER_STREAM)
+        if draw.random() < stragglers.fraction:
+            work = stragglers.min_work + (1 - stragglers.min_work) * draw.random()
+            completed = max(1, math.floor(work * client_steps[k]))
+            if completed < client_steps[k]:
+                steps[k] = completed
+    return steps
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who takes part in a round: sampled (among the available), dropped (sampled, never
+    report: they do not train, their state stays as it was), and the stragglers' step budgets."""
+
+    sampled: list[int]
+    dropped: list[int] = field(default_factory=list)
+    local_steps: dict[int, int] = field(default_factory=dict)  # straggler -> local steps it completes
+    available: list[int] | None = None  # None: sampling among all clients
+
+    @property
+    def reporting(self) -> list[int]:
+        """The clients that train and whose updates reach the server, in client order."""
+        dropped = set(self.dropped)
+        return [k for k in self.sampled if k not in dropped]
+
+    def metrics(self) -> dict:
+        """The round's metrics line entries: the id lists (metrics.jsonl only) and their counts
+        (finite scalars: every logger)."""
+        stragglers = sorted(self.local_steps)
+        line = {"availability/sampled_clients": self.sampled, "availability/dropped_clients": self.dropped,
+                "availability/straggled_clients": stragglers,
+                "availability/straggler_steps": [self.local_steps[k] for k in stragglers],
+                "availability/sampled": len(self.sampled), "availability/dropped": len(self.dropped),
+                "availability/reported": len(self.reporting), "availability/straggled": len(stragglers)}
+        if self.available is not None:
+            line.update({"availability/available_clients": self.available,
+                         "availability/available": len(self.available)})
+        return line
+
+
+def plan_round(federation: FederationConfig, seed: int, round_index: int, client_steps: list[int]) -> RoundPlan:
+    """The round's :class:`RoundPlan` from the ``federation`` section; ``client_steps[k]``: client
+    k's local steps in a full round. Deterministic in (seed, round, client)."""
+    num_clients = len(client_steps)
+    available = available_clients(seed, round_index, federation.availability, num_clients) \
+        if federation.sampling == "available" else None
+    sampled = sample_clients(seed, round_index, num_clients, federation.participation, among=available)
+    dropped = dropped_clients(seed, round_index, sampled, federation.dropout, num_clients)
+    plan = RoundPlan(sampled, dropped, available=available)
+    if federation.stragglers is None:
+        return plan
+    return RoundPlan(sampled, dropped, straggler_steps(seed, round_index, plan.reporting, federation.stragglers,
+                                                       client_steps), available)
 
 
 def shard_clients(clients: list[int], sizes: list[int], world_size: int) -> list[list[int]]:
@@ -304,9 +402,12 @@ def client_steps(federation: Federation) -> list[int]:
 
 
 def train_clients(federation: Federation, state: ServerState, optimizer: SlotOptimizer, clients: list[int],
-                  round_index: int, progress=None, module: HeadModule | None = None, fabric=None) -> list[ClientResult]:
+                  round_index: int, progress=None, module: HeadModule | None = None, fabric=None,
+                  local_steps: dict[int, int] | None = None) -> list[ClientResult]:
     """Local training of ``clients`` this round, ``num_slots`` at a time, through the process's
-    one ``module`` (:class:`HeadModule` around the federation's head; made here when not given)."""
+    one ``module`` (:class:`HeadModule` around the federation's head; made here when not given).
+    ``local_steps``: the stragglers' step budgets (:class:`RoundPlan`); the others take a full round."""
+    local_steps = local_steps or {}
     config, head = federation.config, federation.head
     module = module if module is not None else HeadModule(config, head=head)
     keep_optimizer = config.optim.keep_state
@@ -315,7 +416,8 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
     for first in range(0, len(clients), head.num_slots):
         group = clients[first : first + head.num_slots]
         tasks = [ClientTask(k, federation.train[k], state.client_start(federation, k),
-                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k))
+                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k),
+                            steps=local_steps.get(k))
                  for k in group]
         results += train_pass(
             module, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
@@ -379,7 +481,7 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
             state.algorithm_clients[result.client] = result.algorithm_state
     if algorithm.aggregates and shared and results:
         # Only shared tensors are put into the updates: the server never sees a private one.
-        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras)
+        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras, r.steps)
                    for r in results]
         if federation.head.needs_previous_uploads:
             state.uploads.update({u.client: u.shared for u in updates})
@@ -534,6 +636,7 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
             if checkpoint["next_round"] >= config.federation.rounds and folder.summary_path.is_file():
                 return _already_finished(folder, config, is_main)
         federation = build_federation(config, fabric, checkpoint["identity"] if checkpoint else None)
+        config.federation.check_clients(federation.num_clients)
         check_warmup_ends(config.optim, config.federation.rounds, client_steps(federation))
         if folder is None:  # a new run's folder is made once its inputs are loaded and valid
             folder = _new_run_folder(fabric, config)
@@ -588,27 +691,36 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     reduce_max = (lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="max").cpu()) \
         if fabric.world_size > 1 else None
     for round_index in round_bar:
-        sampled = sample_clients(config.seed, round_index, federation.num_clients, config.federation.participation)
-        shards = shard_clients(sampled, sizes, fabric.world_size)
+        plan = plan_round(config.federation, config.seed, round_index, steps_per_round)
+        sampled = plan.sampled
+        # dropped clients never train: only the reporting ones are shared out
+        shards = shard_clients(plan.reporting, sizes, fabric.world_size)
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar, module,
-                                    fabric) if optimizer else []
+                                    fabric, plan.local_steps) if optimizer else []
+        # every rank knows the plan: when no client reports, all of them skip the all-gather
         results = gather_results(fabric, results, shards, federation.initial, packed_optimizer, packed_extras,
-                                 packed_algorithm) if optimizer else []
+                                 packed_algorithm) if optimizer and plan.reporting else []
         _crash_if_requested("mid_round", round_index + 1)
         kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
                 if checkpointed is not None else "no round was checkpointed yet")
         results, diverged = finite_results(config, results, round_index, kept)
-        round_info = ServerRound(round_index, config.seed, federation.num_clients, len(sampled))
+        # the server knows the clients that reported: a dropped client is as if it was not sampled
+        round_info = ServerRound(round_index, config.seed, federation.num_clients, len(plan.reporting))
         apply_round(federation, state, results, round_info)
         state.next_round = round_index + 1
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
-        first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
+        first_lr = learning_rate(config, round_index)(0, max((steps_per_round[k] for k in sampled), default=1))
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
                    "train/loss": _mean([r.loss for r in results]), **state.communication,
                    **algorithm.round_metrics(state.algorithm, round_info)}
+        if config.federation.models_availability:
+            metrics.update(plan.metrics())
+            if not plan.reporting and is_main:
+                print(f"warning: round {round_index + 1}: no sampled client reported (federation.dropout / "
+                      "availability); nothing was aggregated and the global model stays", file=sys.stderr, flush=True)
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
             metrics["train/ot_marginal_error"] = ot_marginal_error
@@ -781,6 +893,17 @@ def _wandb(loggers: list) -> list[FedvlmWandbLogger]:
     return [logger for logger in loggers if isinstance(logger, FedvlmWandbLogger)]
 
 
+def _availability_totals(history: list[dict]) -> dict:
+    """Over the run's rounds: clients sampled, dropped, reported and straggled, and the rounds in
+    which no sampled client reported (read from the committed lines, so a resumed run agrees)."""
+    counts = ("sampled", "dropped", "reported", "straggled")
+    totals = {f"availability/total_{name}": sum(line.get(f"availability/{name}", 0) for line in history)
+              for name in counts}
+    totals["availability/rounds_without_reports"] = sum(
+        1 for line in history if "availability/reported" in line and line["availability/reported"] == 0)
+    return totals
+
+
 def _summary(config, federation: Federation, state: ServerState, metrics: dict, folder: RunFolder, seconds: float,
              round_seconds: float) -> dict:
     head = federation.head
@@ -793,6 +916,7 @@ def _summary(config, federation: Federation, state: ServerState, metrics: dict, 
         **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()},
         "parameters": {"backbone": federation.backbone.num_parameters(), "trainable_per_client": shared + private,
                        "shared_per_client": shared, "private_per_client": private},
+        **(_availability_totals(state.history) if config.federation.models_availability else {}),
         "wall_time_s": round(seconds, 2),
         # of wall_time_s, the round loop (training, aggregation, evaluation, checkpoints); the rest is
         # set-up: data, backbone, feature extraction, logging

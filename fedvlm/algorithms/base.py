@@ -44,12 +44,14 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class ClientUpdate:
     """What the server receives from one client: its shared parameters at the end of the round
-    (after the client half's :meth:`AlgorithmConfig.finish_client`) and the extra uploads."""
+    (after the client half's :meth:`AlgorithmConfig.finish_client`), the extra uploads, and the
+    local steps it took (tau_i: fewer than a full round for a straggler; FedNova normalises by it)."""
 
     client: int
     num_samples: int
     shared: Tensors
     extras: Tensors = field(default_factory=dict)
+    steps: int | None = None  # None: not recorded (FedNova refuses such an update)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ServerRound:
     index: int  # 0-based
     seed: int  # the experiment's seed (server-side randomness, e.g. DP noise)
     num_clients: int  # K, every client of the federation
-    num_sampled: int  # clients drawn this round (before any non-finite one is left out)
+    num_sampled: int  # clients drawn this round that report (dropped ones excluded; non-finite ones still counted)
 
 
 def zeros_like_state(kinds: tuple[str, ...], shared: Tensors) -> Tensors:

@@ -141,7 +141,7 @@ def test_every_algorithm_composes_with_heads_of_each_kind(tiny_backbone, head_na
         results = train_pass(head, optimizer, tasks, data, batch_size=4, epochs=1, steps=None, lr=0.05, seed=7,
                              round_index=0, algorithm=algorithm, global_shared=global_shared,
                              server_state=server_state)
-        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared_names}, r.extras)
+        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared_names}, r.extras, r.steps)
                    for r in results]
         new_global, new_server = algorithm.server_step(global_shared, updates, server_state, ServerRound(0, 3, 4, 2))
         where = f"{head_name} x {name}"
