@@ -69,6 +69,7 @@ SPECS = {
     "fedpgp": Spec({"n_ctx": 4}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
     "full_model": Spec({}, _inputs("pixels")),
+    "kgcoop": Spec(),
     "maple": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "ms_student": Spec({"student": STUDENT}, _inputs("bands")),
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
