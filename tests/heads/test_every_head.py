@@ -61,6 +61,7 @@ def _inputs(*names: str) -> frozenset:
 
 SPECS = {
     "clip_adapter": Spec({"adapt": ["image", "text"]}, _inputs("captions")),
+    "cocoop": Spec(),
     "coop": Spec(),
     "cross_modal_adapter": Spec({"bottleneck": 8}, _inputs("captions")),
     "dualcoop": Spec({"n_ctx": 4}, _inputs("patches"), multilabel=True),
