@@ -10,5 +10,6 @@ from fedvlm.heads import ms_student, paint  # noqa: F401  (registration; patchin
 from fedvlm.heads import kgcoop  # noqa: F401  (registration; single-label baseline)
 from fedvlm.heads import cocoop  # noqa: F401  (registration; single-label baseline)
 from fedvlm.heads import prograd  # noqa: F401  (registration; single-label baseline)
+from fedvlm.heads import plot  # noqa: F401  (registration; single-label baseline)
 
 __all__ = ["HEADS", "Head", "HeadConfig", "Batch", "slot_mean"]

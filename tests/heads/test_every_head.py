@@ -76,6 +76,7 @@ SPECS = {
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "paint": Spec({}, _inputs("pixels")),
     "prograd": Spec({"n_ctx": 6}),
+    "plot": Spec({"n_ctx": 4}, _inputs("patches")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
