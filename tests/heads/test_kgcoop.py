@@ -54,7 +54,8 @@ def test_training_loss_is_cross_entropy_plus_lambda_times_the_distance_to_the_ha
 
 def test_the_codes_cosine_form_is_half_of_equation_5():
     generator = torch.Generator().manual_seed(0)
-    text, anchor = normalize(torch.randn(2, 5, 8, generator=generator)), normalize(torch.randn(5, 8, generator=generator))
+    text = normalize(torch.randn(2, 5, 8, generator=generator))
+    anchor = normalize(torch.randn(5, 8, generator=generator))
     squared = knowledge_guidance(text, anchor, "squared_l2")
     cosine = knowledge_guidance(text, anchor, "cosine")
     torch.testing.assert_close(cosine, squared / 2)
