@@ -61,6 +61,7 @@ def _inputs(*names: str) -> frozenset:
 
 SPECS = {
     "clip_adapter": Spec({"adapt": ["image", "text"]}, _inputs("captions")),
+    "cocoop": Spec(),
     "coop": Spec(),
     "cross_modal_adapter": Spec({"bottleneck": 8}, _inputs("captions")),
     "dualcoop": Spec({"n_ctx": 4}, _inputs("patches"), multilabel=True),
@@ -74,10 +75,13 @@ SPECS = {
     "fedpgp": Spec({"n_ctx": 4}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
     "full_model": Spec({}, _inputs("pixels")),
+    "kgcoop": Spec(),
     "maple": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "ms_student": Spec({"student": STUDENT}, _inputs("bands")),
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "paint": Spec({}, _inputs("pixels")),
+    "prograd": Spec({"n_ctx": 6}),
+    "plot": Spec({"n_ctx": 4}, _inputs("patches")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
     "ram": Spec({"ot_iterations": 20, "adapter_ratio": 0.1}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
