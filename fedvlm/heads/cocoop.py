@@ -55,6 +55,7 @@ def meta_net_bias(image: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: t
 @HEADS.register("cocoop")
 class CoCoOpHead(Head):
     Config = CoCoOpConfig
+    text_per_image = True  # B x C prompts per batch: nothing for evaluation's text memo to reuse
 
     def __init__(self, config: CoCoOpConfig, backbone, classnames, template, num_slots=1, seed=0):
         super().__init__(config, backbone, classnames, template, num_slots, seed)

@@ -84,3 +84,19 @@ def test_describe_counts_on_vit_b16():
     assert expected == 35_360
     assert counts["trainable_parameters"] == counts["transmitted_parameters"] == expected
     assert counts["private_parameters"] == 0
+
+
+def test_evaluation_does_not_memoise_cocoops_per_image_text(tiny_backbone):
+    """CoCoOp's prompts differ per image: evaluation scores it without the text memo (which would
+    hash and keep every batch's B x C prompt sets); a head with fixed prompts keeps it."""
+    from fedvlm.evaluation import text_scope
+    from fedvlm.heads import HEADS
+
+    cocoop = HEADS.get("cocoop")(HEADS.get("cocoop").Config(name="cocoop"), tiny_backbone, ["cat", "dog"],
+                                 "a photo of a {}.")
+    coop = HEADS.get("coop")(HEADS.get("coop").Config(name="coop"), tiny_backbone, ["cat", "dog"], "a photo of a {}.")
+    with text_scope(cocoop):
+        assert tiny_backbone._text_memo is None
+    with text_scope(coop):
+        assert tiny_backbone._text_memo == {}
+    assert tiny_backbone._text_memo is None
