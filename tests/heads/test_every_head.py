@@ -76,6 +76,7 @@ SPECS = {
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
+    "tcp": Spec({"insert_layer": 2}),
     "zeroshot": Spec(),
 }
 
