@@ -74,6 +74,7 @@ SPECS = {
     "otdpp": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "paint": Spec({}, _inputs("pixels")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
+    "promptsrc": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
     "tcp": Spec({"insert_layer": 2}),
