@@ -67,6 +67,7 @@ SPECS = {
     "fedmpt": Spec({"conditions": ["green lawn", "night"], "adapter_rank": 4}, _inputs("patches"), multilabel=True),
     "fedotp": Spec({}, _inputs("patches")),
     "fedpgp": Spec({"n_ctx": 4}),
+    "fedtpg": Spec({"prompt_depth": 2}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
     "full_model": Spec({}, _inputs("pixels")),
     "maple": Spec({"prompt_depth": 2}, _inputs("pixels")),
