@@ -97,7 +97,8 @@ class FedTPGHead(Head):
         embed, g = names.shape[1], self.generator
         stacked = 3 if embed == width else 1  # torch packs q, k, v into one [3 d, d] matrix when kdim == d
         ones, zeros = torch.ones, torch.zeros
-        self.soft_prompt = self.slot_parameter(torch.randn(config.prompt_depth * config.n_ctx, width, generator=g) * 0.02)
+        queries = torch.randn(config.prompt_depth * config.n_ctx, width, generator=g) * 0.02
+        self.soft_prompt = self.slot_parameter(queries)  # [S, d_ctx n_ctx, d_t]
         initial = {
             "query_norm_weight": ones(width), "query_norm_bias": zeros(width),
             "key_norm_weight": ones(embed), "key_norm_bias": zeros(embed),

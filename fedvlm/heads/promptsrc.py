@@ -98,7 +98,8 @@ class PromptSRCHead(Head):
         """(prompted text ``[U, C, D]``, prompted image ``[B, D]``, both normalised; positions ``[B]``)."""
         slots, position = batch.present_slots()
         text = normalize(self.layout.encode_deep(self.backbone, self.context[slots], self.deep_context[slots]))
-        image = normalize(self.backbone.encode_prompted_images(batch.pixels, self.vision_prompts[slots][position]).pooled)
+        vision = self.vision_prompts[slots][position]  # [B, J, n_v, d_v]: each sample its client's
+        image = normalize(self.backbone.encode_prompted_images(batch.pixels, vision).pooled)
         return text, image, position
 
     def forward(self, batch: Batch) -> torch.Tensor:

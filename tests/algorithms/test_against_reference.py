@@ -180,7 +180,8 @@ def test_global_parameters_equal_the_plain_reference(name, slots):
     for k, p in state.personal.items():  # trained as plain SGD: no penalty, correction, clipping or noise
         torch.testing.assert_close(p["p"], private[k], atol=1e-6, rtol=1e-6)
     if name == "fedawa":  # its server state is a few numbers per client, not per parameter
-        assert all(key.startswith("clients/") and value.shape == (len(SIZES),) for key, value in state.algorithm.items())
+        assert all(key.startswith("clients/") and value.shape == (len(SIZES),)
+                   for key, value in state.algorithm.items())
     else:
         assert all(key.endswith("/w") for key in state.algorithm)  # server state over shared names only
     if name == "scaffold":
