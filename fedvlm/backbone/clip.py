@@ -431,7 +431,7 @@ class FrozenCLIP(nn.Module):
 
     def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
                                   layer_prompts: torch.Tensor | None = None,
-                                  prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+                                  prompt_index: torch.Tensor | None = None, first_layer: int = 1) -> torch.Tensor:
         """Text features with prompts injected into the first J blocks (MaPLe; OTDPP Sec. 3.4).
 
         ``embeddings [N, L, d_t]`` already carry the first block's prompts (spliced in as for
@@ -441,15 +441,17 @@ class FrozenCLIP(nn.Module):
         (REFERENCE-NOTES item 6). ``prompt_index [N, L]`` says which prompt token sits at each
         position (-1: a frozen token), like ``PromptLayout.context_index``. Blocks run
         batch-first, as open_clip 3.x builds them (REFERENCE-NOTES item 5). With no layer
-        prompts this is :meth:`encode_token_embeddings`. -> ``[N, D]``.
+        prompts this is :meth:`encode_token_embeddings`. ``first_layer`` moves the injections to
+        blocks ``first_layer .. first_layer + J - 2`` (TCP replaces the context before one middle
+        block only: ``J - 1 = 1``, ``first_layer = 8``). -> ``[N, D]``.
         """
-        return self._reused((embeddings, eot_positions, layer_prompts, prompt_index),
+        return self._reused((embeddings, eot_positions, layer_prompts, prompt_index, torch.tensor([first_layer])),
                             lambda: self._encode_deep_prompted_text(embeddings, eot_positions, layer_prompts,
-                                                                    prompt_index))
+                                                                    prompt_index, first_layer))
 
     def _encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
-                                   layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None
-                                   ) -> torch.Tensor:
+                                   layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None,
+                                   first_layer: int = 1) -> torch.Tensor:
         tower = self.text_tower
         length = self._text_length(embeddings.shape[1], eot_positions)
         prompt_index = prompt_index[:, :length] if prompt_index is not None else None
@@ -461,8 +463,8 @@ class FrozenCLIP(nn.Module):
         batch_first = getattr(tower.transformer, "batch_first", True)
         with self._autocast(x.device):
             for j, block in enumerate(tower.transformer.resblocks):
-                if 1 <= j < depth:
-                    injected = torch.gather(layer_prompts[:, j - 1].to(x.dtype), 1, gather_index)
+                if first_layer <= j < first_layer + depth - 1:
+                    injected = torch.gather(layer_prompts[:, j - first_layer].to(x.dtype), 1, gather_index)
                     x = torch.where(is_prompt, injected, x)
                 x = _run_block(block, x, mask, batch_first)
             x = _text_output(tower, x, eot_positions)

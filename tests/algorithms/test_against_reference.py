@@ -90,6 +90,9 @@ def reference(name: str, settings: dict, plans=None):
     c, h, m, v = torch.zeros(DIM), torch.zeros(DIM), torch.zeros(DIM), None
     tau = settings.get("tau", 1e-3)
     v = torch.full((DIM,), tau ** 2)
+    # FedAWA: one logit per client, its own parameter of one Adam kept over the run, log n_k at first
+    logits = [torch.tensor(math.log(SIZES[k]), dtype=torch.float64, requires_grad=True) for k in range(K)]
+    awa = torch.optim.Adam(logits, lr=settings.get("server_lr", 0.01))
     for round_index in range(ROUNDS):
         sampled = plans[round_index].reporting if plans else sample_clients(SEED, round_index, K, PARTICIPATION)
         tau_i = {k: plans[round_index].local_steps.get(k, STEPS) if plans else STEPS for k in sampled}
@@ -149,6 +152,18 @@ def reference(name: str, settings: dict, plans=None):
             alpha = settings["alpha"]
             h = h - alpha / K * sum(trained[k] - w_global for k in sampled)
             w_global = sum(trained[k] for k in sampled) / len(sampled) - h / alpha
+        elif name == "fedawa":  # paper Eq. 1 and 3 on the flat shared vector, softmax over the round's clients
+            for _ in range(settings["server_epochs"]):
+                awa.zero_grad(set_to_none=True)  # absent clients' logits get no gradient: Adam skips them
+                lam = torch.softmax(torch.stack([logits[k] for k in sampled]), 0)
+                vectors = torch.stack([trained[k] - w_global for k in sampled]).double()
+                spread = (vectors - (lam[:, None] * vectors).sum(0)).norm(dim=1)
+                cosine = torch.stack([torch.nn.functional.cosine_similarity(trained[k], w_global, 0, 1e-8)
+                                      for k in sampled]).double()
+                (lam * spread + lam * (1 - cosine)).sum().backward()
+                awa.step()
+            lam = torch.softmax(torch.stack([logits[k] for k in sampled]).detach(), 0)
+            w_global = sum(float(lam[i]) * trained[k] for i, k in enumerate(sampled))
         elif name == "dp_fedavg":
             std = settings["noise_multiplier"] * settings["clip_norm"]
             noise = torch.normal(0.0, std, (DIM,), generator=noise_generator(SEED, round_index))
@@ -161,6 +176,7 @@ SETTINGS = {
     "fedadam": {"server_lr": 0.05, "tau": 1e-2}, "fedyogi": {"server_lr": 0.05, "tau": 1e-2},
     "fedadagrad": {"server_lr": 0.05, "tau": 1e-2}, "scaffold": {"global_lr": 0.8}, "feddyn": {"alpha": 0.3},
     "dp_fedavg": {"clip_norm": 0.5, "noise_multiplier": 0.7}, "fednova": {},
+    "fedawa": {"server_lr": 0.3, "server_epochs": 4},
 }
 
 
@@ -174,7 +190,11 @@ def test_global_parameters_equal_the_plain_reference(name, slots):
     assert not torch.allclose(w_global, torch.zeros(DIM))  # training moved it
     for k, p in state.personal.items():  # trained as plain SGD: no penalty, correction, clipping or noise
         torch.testing.assert_close(p["p"], private[k], atol=1e-6, rtol=1e-6)
-    assert all(key.endswith("/w") for key in state.algorithm)  # server state over shared names only
+    if name == "fedawa":  # its server state is a few numbers per client, not per parameter
+        assert all(key.startswith("clients/") and value.shape == (len(SIZES),)
+                   for key, value in state.algorithm.items())
+    else:
+        assert all(key.endswith("/w") for key in state.algorithm)  # server state over shared names only
     if name == "scaffold":
         torch.testing.assert_close(state.algorithm["control/w"], server["c"], atol=1e-6, rtol=1e-6)
     if name == "feddyn":

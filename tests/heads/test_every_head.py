@@ -73,6 +73,7 @@ SPECS = {
                    _inputs("pixels"), multilabel=True),
     "fedotp": Spec({}, _inputs("patches")),
     "fedpgp": Spec({"n_ctx": 4}),
+    "fedtpg": Spec({"prompt_depth": 2}),
     "fedrsclip": Spec({}, _inputs("patches")),  # DPAC on: begin_round gives it other clients' uploads
     "full_model": Spec({}, _inputs("pixels")),
     "kgcoop": Spec(),
@@ -83,11 +84,13 @@ SPECS = {
     "prograd": Spec({"n_ctx": 6}),
     "plot": Spec({"n_ctx": 4}, _inputs("patches")),
     "positive_coop": Spec({"n_ctx": 4, "positive_residual": True}, _inputs("patches"), multilabel=True),
+    "promptsrc": Spec({"prompt_depth": 2}, _inputs("pixels")),
     "ram": Spec({"ot_iterations": 20, "adapter_ratio": 0.1}, _inputs("patches"), multilabel=True),
     "rdb": Spec({"bottleneck": 8, "attention_heads": 2}, _inputs("patches", "captions")),
     "retrieval_full_model": Spec({}, _inputs("pixels", "captions")),
     # a low p_cutoff and scale: some samples are confident, so the prior loss takes part in every check
     "scpnet": Spec({"gcn_hidden": 8, "p_cutoff": 0.3, "logit_scale": 5.0}, multilabel=True),
+    "tcp": Spec({"insert_layer": 2}),
     "zeroshot": Spec(),
 }
 
