@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from head_checks import CLASSES as HEAD_CLASSES, TEMPLATE as HEAD_TEMPLATE, TensorBatches, \
-    assert_batched_equals_sequential
+from head_checks import assert_multilabel_round_batched_equals_sequential
 from fedvlm.config import load_configs
 from fedvlm.describe import describe
 from fedvlm.heads import HEADS, Batch
@@ -127,16 +126,4 @@ def test_describe_on_vit_b16_counts_the_prompt_the_adapter_and_the_temperatures(
 
 
 def test_a_round_of_training_is_the_same_batched_and_sequential(tiny_backbone):
-    """Three clients trained by train_pass (SlotOptimizer steps on multi-hot labels with unknowns),
-    one per pass or three in one: the same parameters and losses."""
-    data = TensorBatches(tiny_backbone)
-    generator = torch.Generator().manual_seed(6)
-    data.labels = torch.randint(-1, 2, (len(data.labels), len(HEAD_CLASSES)), generator=generator).float()
-    head_class = HEADS.get("ram")
-    options = {"ot_iterations": 30}
-
-    def make_head(slots):
-        return head_class(head_class.Config(name="ram", **options), tiny_backbone, HEAD_CLASSES, HEAD_TEMPLATE,
-                          num_slots=slots, seed=0)
-
-    assert_batched_equals_sequential(make_head, data)
+    assert_multilabel_round_batched_equals_sequential("ram", {"ot_iterations": 30}, tiny_backbone)
