@@ -1,4 +1,4 @@
-"""Command line: ``fedvlm run | describe | demo | generate | pretrain-tiny | report | sync | dashboard | patch``.
+"""Command line: ``fedvlm run | sweep | describe | demo | generate | pretrain-tiny | report | sync | dashboard | patch``.
 
 Mistakes in what the user asked for (:class:`~fedvlm.errors.UserError`) print one line,
 ``error: <key or file>: <what is wrong and what is expected>``, and exit with status 2, no
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from fedvlm.errors import UserError
+from fedvlm.errors import ConfigError, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an experiment: fedvlm run CONFIG.yaml [key=value ...]")
     run.add_argument("config", help="experiment YAML, e.g. experiments/demo.yaml")
     run.add_argument("overrides", nargs="*", help="dotted overrides such as federation.rounds=5 partition.alpha=0.1")
+
+    sweep = commands.add_parser("sweep", help="run one slice of a sweep's runs (a SLURM array task, docs/CLUSTER.md): "
+                                              "fedvlm sweep CONFIG.yaml --slice i/n [key=value ...]")
+    sweep.add_argument("config", help="experiment YAML with sweep: and/or seeds:")
+    sweep.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    sweep.add_argument("--slice", required=True, metavar="i/n",
+                       help="run the runs whose index (in load order) is i modulo n; i counts from 0, e.g. "
+                            "--slice $SLURM_ARRAY_TASK_ID/4 with --array=0-3")
+    sweep.add_argument("--dry-run", action="store_true", help="list the slice's runs; run nothing")
 
     describe = commands.add_parser("describe", help="parameter and communication counts, without training")
     describe.add_argument("config")
@@ -111,7 +120,7 @@ def _guarded(command) -> int:
 
 
 def _dispatch(args) -> int:
-    commands = {"run": _run, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
+    commands = {"run": _run, "sweep": _sweep, "describe": _describe, "demo": _demo, "generate": _generate, "report": _report,
                 "sync": _sync, "dashboard": _dashboard, "patch": _patch, "probe-world": _probe_world}
     return commands[args.command](args)
 
@@ -178,10 +187,52 @@ def _run(args) -> int:
         require_writable_outputs(config)
     for number, config in enumerate(configs, start=1):
         if len(configs) > 1:
-            swept = " ".join(f"{k}={v}" for k, v in {**config.sweep_values, "seed": config.seed}.items())
-            print(f"[{number}/{len(configs)}] {config.name} {swept}", flush=True)
+            print(f"[{number}/{len(configs)}] {_run_label(config)}", flush=True)
         summary = run(config)
         if summary.get("run_dir") and not summary.get("already_finished"):  # else run() said so in one line
+            print(_result_lines(summary), flush=True)
+    return 0
+
+
+def _run_label(config) -> str:
+    swept = " ".join(f"{k}={v}" for k, v in {**config.sweep_values, "seed": config.seed}.items())
+    return f"{config.name} {swept}"
+
+
+def parse_slice(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; one line naming what was expected otherwise."""
+    parts = text.split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        index, count = int(parts[0]), int(parts[1])
+        if 0 <= index < count:
+            return index, count
+    raise ConfigError(f"--slice: expected i/n with 0 <= i < n (i counts from 0, e.g. 0/4), got {text!r}")
+
+
+def sweep_slice(configs: list, index: int, count: int) -> list[tuple[int, object]]:
+    """The runs of slice ``index`` of ``count``: run j (load order, :func:`fedvlm.config.expand_runs`)
+    belongs to slice ``j % count``. Round robin rather than contiguous blocks: runs are expanded
+    setting by setting, so each slice gets a mix of settings and similar work; any ``count``
+    slices cover the sweep exactly once. Returns (run number from 1, config) pairs."""
+    return [(number + 1, config) for number, config in enumerate(configs) if number % count == index]
+
+
+def _sweep(args) -> int:
+    from fedvlm.config import load_configs, require_writable_outputs
+    from fedvlm.simulation import run
+
+    index, count = parse_slice(args.slice)  # before anything is loaded
+    configs = load_configs(args.config, args.overrides)  # the whole sweep is validated by every slice
+    mine = sweep_slice(configs, index, count)
+    for _, config in mine:
+        require_writable_outputs(config)
+    print(f"sweep slice {index}/{count}: {len(mine)} of {len(configs)} runs", flush=True)
+    for number, config in mine:
+        print(f"[{number}/{len(configs)}] {_run_label(config)}", flush=True)
+        if args.dry_run:
+            continue
+        summary = run(config)
+        if summary.get("run_dir") and not summary.get("already_finished"):
             print(_result_lines(summary), flush=True)
     return 0
 
