@@ -17,18 +17,15 @@ errors are scripts/generate_conditions.py's.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, run from anywhere
-from generate_conditions import Ask, chat_endpoint, _classnames  # noqa: E402
+from generate_conditions import Ask, ask_llm, llm_parser  # noqa: E402
 
-from fedvlm.errors import UserError  # noqa: E402
 
 QUESTION = ("Q: What are useful visual features for distinguishing a {name} in a photo? Answer with at most {n} "
             "short noun phrases, one per line, each starting with '- ', and nothing else.\nA: There are several "
@@ -68,35 +65,12 @@ def write_attributes(path: Path, attributes: dict[str, list[str]], source: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", help="a registered dataset whose class names to use (read from --data-root)")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--classes", help="comma-separated class names instead of --dataset")
+    parser = llm_parser(__doc__.split("\n")[0])
     parser.add_argument("--num-attributes", type=int, default=4)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--endpoint", default=os.environ.get("FEDVLM_LLM_ENDPOINT"))
-    parser.add_argument("--model", default=os.environ.get("FEDVLM_LLM_MODEL"))
     args = parser.parse_args(argv)
-    if not args.endpoint or not args.model:
-        print("error: no LLM endpoint configured; set FEDVLM_LLM_ENDPOINT (an OpenAI-compatible chat completions "
-              "URL) and FEDVLM_LLM_MODEL, or pass --endpoint and --model", file=sys.stderr)
-        return 2
-    if not (args.dataset or args.classes):
-        print("error: give --dataset NAME or --classes 'a,b,c'", file=sys.stderr)
-        return 2
-    ask = chat_endpoint(args.endpoint, args.model, os.environ.get("FEDVLM_LLM_API_KEY"))
-    try:
-        attributes = attribute_chain(_classnames(args), ask, args.num_attributes)
-    except UserError as error:  # fedvlm's own one-line errors (a missing or malformed dataset)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # unreachable endpoint, HTTP error status, timeout
-        print(f"error: LLM endpoint {args.endpoint}: {error}; expected a reachable OpenAI-compatible chat "
-              "completions URL", file=sys.stderr)
-        return 2
-    except (KeyError, IndexError, ValueError, RuntimeError) as error:  # a reply in another format
-        print(f"error: LLM endpoint {args.endpoint}: unusable reply ({error}); expected a chat completions "
-              "JSON answer with a list of attributes", file=sys.stderr)
+    attributes = ask_llm(args, lambda classnames, ask: attribute_chain(classnames, ask, args.num_attributes),
+                         "a list of attributes")
+    if attributes is None:
         return 2
     write_attributes(args.out, attributes, f"model {args.model}")
     print(json.dumps(attributes, indent=2))
