@@ -99,7 +99,8 @@ class ExperimentConfig(Section):
     def _dataset(cls, value):
         from fedvlm.data.datasets import DATASETS
 
-        DATASETS.get(value.dataset, key="data.dataset")
+        if value.dataset is not None:  # a data.source is read (and its task found) by check_task_keys
+            DATASETS.get(value.dataset, key="data.dataset")
         return value
 
     @model_validator(mode="after")
@@ -142,12 +143,13 @@ TASK_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
 def check_task_keys(config: "ExperimentConfig") -> None:
     """Refuse a key that does not act on the dataset's task, and a head whose evaluation output
     the task cannot score (a retrieval head on a classification dataset), in one line each."""
-    from fedvlm.data.datasets import DATASETS
+    from fedvlm.data.datasets import data_spec
+    from fedvlm.data.partition import PARTITIONS
     from fedvlm.heads import HEADS
     from fedvlm.tasks import TASKS
 
-    dataset = config.data.dataset
-    task = DATASETS.get(dataset, key="data.dataset").task
+    dataset = config.data.name
+    task = data_spec(config.data).task  # a data.source's task is read from its features
     for key, tasks in TASK_SPECIFIC_KEYS.items():
         section_name, field = key.split(".")
         section = getattr(config, section_name)
@@ -159,6 +161,11 @@ def check_task_keys(config: "ExperimentConfig") -> None:
             kinds = " or ".join(tasks)
             raise ConfigError(f"{key}: applies to {kinds} datasets only, and {dataset} is a {task} dataset "
                               f"(got {_yaml_scalar(value) if isinstance(value, BaseModel) else shown(value)}); remove it or set {key}={_yaml_scalar(default)}")
+    partition = type(config.partition)
+    if task == "multilabel" and not partition.multi_hot:
+        accepted = ", ".join(name for name in PARTITIONS.names() if PARTITIONS.get(name).multi_hot)
+        raise ConfigError(f"partition.name: {config.partition.name} shares out one class id per image, and {dataset} "
+                          f"is a multilabel dataset (several labels per image); choose one of: {accepted}")
     head = HEADS.get(config.head.name, key="head.name")
     expects = TASKS.get(task).expects
     if head.output_kind != expects:
@@ -259,6 +266,8 @@ def merge(base: dict, update: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in update.items():
         current = merged.get(key)
+        if key == "data" and isinstance(value, dict) and isinstance(current, dict):
+            current = _other_kind_of_data_dropped(current, value)
         if isinstance(value, dict) and isinstance(current, dict):
             renamed = "name" in value and current.get("name") not in (None, value["name"])
             if renamed and key in _COMPONENT_SECTIONS:
@@ -271,6 +280,17 @@ def merge(base: dict, update: dict) -> dict:
 
 
 _COMPONENT_SECTIONS = ("head", "algorithm", "partition")
+
+
+def _other_kind_of_data_dropped(current: dict, update: dict) -> dict:
+    """``data.source`` replaces ``data.dataset`` and the reverse, as a component's new name
+    replaces its old keys: ``fedvlm run experiments/demo.yaml data.source=disk:/saved`` runs the
+    demo on that dataset. Within one mapping, giving both stays an error (DataConfig)."""
+    if update.get("source") is not None:
+        return {k: v for k, v in current.items() if k != "dataset"}
+    if update.get("dataset") is not None:
+        return {k: v for k, v in current.items() if k not in ("source", "hf")}
+    return current
 
 
 def _component_fields(section: str, name: str) -> set[str]:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from fedvlm.backbone.clip import FrozenCLIP
 from fedvlm.config import ExperimentConfig
-from fedvlm.data.datasets import DATASETS, load_dataset
+from fedvlm.data.datasets import data_spec, load_data
 from fedvlm.errors import DataError
 from fedvlm.heads import HEADS
 from fedvlm.simulation import BYTES_PER_PARAMETER
 
 
 def _classnames(config: ExperimentConfig) -> tuple[list[str], str]:
-    spec = DATASETS.get(config.data.dataset)
+    spec = data_spec(config.data)
     try:
-        return load_dataset(config.data.dataset, config.data.root).classnames, "class names from the dataset"
+        return load_data(config.data)[0].classnames, "class names from the dataset"
     except DataError:
         count = spec.num_classes or 10
         return [f"class {i}" for i in range(count)], "placeholder names: dataset not on disk"
@@ -29,7 +29,7 @@ def _classnames(config: ExperimentConfig) -> tuple[list[str], str]:
 def describe(config: ExperimentConfig) -> dict:
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision, load_weights=False)
     classnames, classes_from = _classnames(config)
-    spec = DATASETS.get(config.data.dataset)
+    spec = data_spec(config.data)
     head = HEADS.get(config.head.name)(config.head, backbone, classnames, config.data.template or spec.template,
                                        num_slots=1, seed=config.seed)
     frozen = backbone.num_parameters()

@@ -11,6 +11,8 @@ metrics are identical whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable
 
 import numpy as np
@@ -22,6 +24,13 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
+
+def text_scope(head: Head):
+    """Where evaluation may memoise the text tower (:meth:`FrozenCLIP.reuse_text`): every head whose
+    prompts are the same for every image; not one whose text depends on the image (its memo
+    would hash and keep B x C new prompt sets per batch and never hit)."""
+    return contextlib.nullcontext() if head.text_per_image else head.backbone.reuse_text()
+
 def _scores(head: Head, data, rows: np.ndarray, slots: np.ndarray) -> torch.Tensor:
     return head(data.batch(rows, slots, train=False)).float().cpu()
 
@@ -33,7 +42,7 @@ def server_scores(head: Head, data, test_rows: np.ndarray, state: dict[str, torc
     by ``state`` (loaded in slot 0)."""
     head.write_slot(0, state)
     table = None
-    with head.backbone.reuse_text():  # the prompts are fixed while the table is scored
+    with text_scope(head):  # the prompts are fixed while the table is scored
         for number, start in enumerate(range(0, len(test_rows), batch_size)):
             if number % world_size != rank:
                 continue
@@ -65,7 +74,7 @@ def client_scores(head: Head, data, test_rows: list[np.ndarray], state_of: Calla
             head.write_slot(slot, state_of(client))
         rows = np.concatenate([test_rows[k] for k in group])
         slots = np.concatenate([np.full(len(test_rows[k]), slot) for slot, k in enumerate(group)])
-        with head.backbone.reuse_text():  # this group's prompts are fixed while it is scored
+        with text_scope(head):  # this group's prompts are fixed while it is scored
             scores = torch.cat([_scores(head, data, rows[i : i + batch_size], slots[i : i + batch_size])
                                 for i in range(0, len(rows), batch_size)])
         if table is None:

@@ -10,12 +10,13 @@ root, which knows every registry) builds the whole :class:`~fedvlm.config.Experi
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedvlm.errors import ConfigError
+from fedvlm.errors import ConfigError, shown
 
 
 def _check_run_name(value: str) -> str:
@@ -79,8 +80,34 @@ class ModelConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+# data.source: a Hugging Face dataset, from the Hub (hf://owner/name, or hf://name for an
+# owner-less id) or from a save_to_disk folder (disk:/path, relative to the working directory);
+# fedvlm.data.hub reads both.
+HUB_SOURCE = re.compile(r"hf://[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+SOURCE_FORMS = "hf://owner/name or disk:/path/to/a/save_to_disk/folder"
+
+
+class HubConfig(Section):
+    """How a ``data.source`` dataset is read (docs/DATASETS.md, "Hugging Face datasets"). A null
+    column is found from the features: the only ``Image`` column; the only ``ClassLabel``
+    (classification) or ``Sequence(ClassLabel)`` (multi-label) column; a caption column only
+    when it is named, or when there is no label column and exactly one string column."""
+
+    # null: the train and test splits (validation when there is no test) as the official split,
+    # or the only split there is; a name: that split alone, cut by data.split
+    split: str | None = None
+    config_name: str | None = None  # the Hub dataset's configuration (load_dataset's second argument)
+    image_column: str | None = None
+    label_column: str | None = None
+    caption_column: str | None = None  # a string or list-of-strings column: the retrieval task
+
+
 class DataConfig(Section):
-    dataset: str
+    # Exactly one of the two: a registered dataset in its on-disk layout (fedvlm.data.datasets),
+    # or a Hugging Face dataset (SOURCE_FORMS), read with the settings of ``hf``.
+    dataset: str | None = None
+    source: str | None = None
+    hf: HubConfig = HubConfig()
     root: str | None = None  # default: $FEDVLM_DATA, else ./data
     # Stratified per-class fractions: [train, test] or [train, val, test]; null = the dataset's default.
     split: list[float] | None = None
@@ -92,6 +119,35 @@ class DataConfig(Section):
     # Part annotation (FedMPT Mask%): this fraction of the training labels is hidden (unknown, not
     # negative). Multi-label datasets only.
     hidden_labels: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value):
+        if value is None or HUB_SOURCE.fullmatch(value) or (value.startswith("disk:") and value[len("disk:"):]):
+            return value
+        raise ValueError(f"expected {SOURCE_FORMS}")
+
+    @model_validator(mode="after")
+    def _one_kind_of_data(self):
+        if (self.dataset is None) == (self.source is None):
+            given = "both" if self.dataset is not None else "neither"
+            raise ConfigError(f"data: give exactly one of data.dataset (a registered dataset) or data.source "
+                              f"({SOURCE_FORMS}), got {given}")
+        if self.source is None and self.hf != HubConfig():
+            raise ConfigError("data.hf: applies to data.source only, and data.dataset is given; remove data.hf or "
+                              "set data.source")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The data's name in logs, tags and summaries: ``data.dataset``, ``data.source`` for the
+        Hub, ``disk:<folder name>`` for a folder (a W&B tag holds at most 64 characters)."""
+        if self.dataset is not None:
+            return self.dataset
+        if self.source.startswith("hf://"):
+            return self.source
+        folder = self.source[len("disk:"):].rstrip("/\\")
+        return "disk:" + re.split(r"[/\\]", folder)[-1]
 
     @field_validator("split")
     @classmethod
@@ -110,11 +166,112 @@ class DataConfig(Section):
         return value
 
 
+def _probabilities(value: float | list[float], valid, expected: str) -> float | list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(valid(p) for p in values):
+        raise ValueError(f"expected a probability {expected}")
+    return value
+
+
+class StragglerConfig(Section):
+    """``federation.stragglers``: each reporting client straggles with probability ``fraction``;
+    a straggler completes ``max(1, floor(u * steps))`` of its ``steps`` local steps, u uniform in
+    [``min_work``, 1) (FedProx's systems heterogeneity, Li et al. 2020; FedNova's heterogeneous
+    tau_i, Wang et al. 2020): at least one step, fewer than a full round."""
+
+    fraction: float = Field(0.5, ge=0, le=1)
+    min_work: float = Field(0.1, gt=0, le=1)
+
+
+class DiurnalAvailability(Section):
+    """``federation.availability: {period: P, low: a, high: b}``: client k is present in round r
+    with probability ``a + (b - a) (1 + cos(2 pi (r / P + k / K))) / 2``, a day of P rounds whose
+    peak moves across the K clients (time zones), between ``low`` and ``high``."""
+
+    period: int = Field(24, gt=0)
+    low: float = Field(0.2, gt=0, le=1)
+    high: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"expected low <= high, got low {self.low} and high {self.high}")
+        return self
+
+    def presence(self, round_index: int, num_clients: int) -> list[float]:
+        """``[K]`` each client's probability of being present in round ``round_index``."""
+        phase = [2 * math.pi * (round_index / self.period + k / num_clients) for k in range(num_clients)]
+        return [self.low + (self.high - self.low) * (1 + math.cos(angle)) / 2 for angle in phase]
+
+
 class FederationConfig(Section):
+    """Rounds, sampling and local work. The availability keys (``dropout``, ``stragglers``,
+    ``sampling`` with ``availability``; docs/AVAILABILITY.md) are off by default, and a run
+    without them is bitwise the run it was before they existed."""
+
     rounds: int = Field(10, ge=0)
     participation: float = Field(1.0, gt=0, le=1)  # fraction of clients sampled each round
     local_epochs: int = Field(1, gt=0)
     local_steps: int | None = Field(None, gt=0)  # when set, a fixed number of steps replaces epochs
+    # Probability that a sampled client fails to report (one rate, or one per client): it is
+    # sampled, never trains, and its update never reaches the aggregate.
+    dropout: float | list[float] = 0.0
+    stragglers: StragglerConfig | None = None  # null: every client completes its local steps
+    # 'uniform': sample among all clients; 'available': among the clients present this round, each
+    # present with its probability in `availability` (one for all, one per client, or a daily cycle)
+    sampling: Literal["uniform", "available"] = "uniform"
+    availability: DiurnalAvailability | float | list[float] | None = None
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_rates(cls, value):
+        # below 1: a client that never reports would never train
+        return _probabilities(value, lambda p: 0 <= p < 1, "in [0, 1), or a list of them with one per client")
+
+    @field_validator("availability", mode="before")
+    @classmethod
+    def _daily_cycle(cls, value):
+        if not isinstance(value, dict):
+            return value
+        try:
+            return DiurnalAvailability.model_validate(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = "".join(f".{part}" for part in first["loc"])
+            raise ConfigError(f"federation.availability{where}: {first['msg'].removeprefix('Value error, ')} "
+                              f"(got {shown(value)}); a daily cycle is {{period: rounds, low: p, high: p}}") from None
+
+    @field_validator("availability")
+    @classmethod
+    def _presence(cls, value):
+        # above 0: a client that is never there would never be sampled
+        if value is None or isinstance(value, DiurnalAvailability):
+            return value
+        return _probabilities(value, lambda p: 0 < p <= 1, "in (0, 1], a list of them with one per client, or "
+                                                           "{period, low, high}")
+
+    @model_validator(mode="after")
+    def _availability_with_sampling(self):
+        if self.sampling == "available" and self.availability is None:
+            raise ConfigError("federation.sampling: available samples among the clients present each round; "
+                              "set federation.availability (a probability, or one per client), e.g. 0.8")
+        if self.sampling == "uniform" and self.availability is not None:
+            raise ConfigError("federation.availability acts only with federation.sampling: available; "
+                              "set it, or remove federation.availability")
+        return self
+
+    @property
+    def models_availability(self) -> bool:
+        """Whether any availability option is on (its keys then appear in the metrics lines)."""
+        return self.sampling == "available" or self.stragglers is not None or self.dropout != 0.0
+
+    def check_clients(self, num_clients: int) -> None:
+        """Refuse, in one line, per-client probabilities that are not one per client."""
+        for key in ("dropout", "availability"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != num_clients:
+                raise ConfigError(f"federation.{key}: {len(value)} probabilities, but the partition made "
+                                  f"{num_clients} clients; expected one per client, or a single probability")
 
 
 class OptimConfig(Section):
@@ -180,6 +337,11 @@ class RuntimeConfig(Section):
     execution: Literal["sequential", "batched"] = "batched"
     clients_per_pass: int = Field(64, gt=0)  # upper bound on clients stacked into one pass
     feature_cache: Literal["memory", "disk"] = "memory"
+    # Where the cached feature table is indexed for batches: "device" copies it to the accelerator
+    # once (a batch is then a gather there, no host-to-device copy of features per step); "host"
+    # keeps it in host memory; "auto" takes the device when the table fits in half of the
+    # device's free memory (fedvlm.inputs.features.table_device). On a CPU all three are the same.
+    feature_table: Literal["auto", "host", "device"] = "auto"
     cache_dir: str | None = None  # default: $FEDVLM_CACHE, else ~/.cache/fedvlm
     extract_batch_size: int = Field(64, gt=0)
     num_workers: int = Field(0, ge=0)  # image-decoding workers for feature extraction

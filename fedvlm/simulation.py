@@ -23,6 +23,7 @@ was trained on, and resume refuses other inputs (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -47,8 +48,8 @@ from fedvlm.client.module import HeadModule
 from fedvlm.client.optim import SlotOptimizer, check_warmup_ends
 from fedvlm.client.optim import learning_rate as scheduled_rate
 from fedvlm.client.training import ClientResult, ClientTask, local_step_count, train_pass
-from fedvlm.config import ExperimentConfig
-from fedvlm.data.datasets import DATASETS, data_root, load_dataset
+from fedvlm.config import ExperimentConfig, FederationConfig, build_config
+from fedvlm.data.datasets import DatasetSpec, data_root, data_spec, load_data
 from fedvlm.data.partition import client_class_counts, few_shot, hide_labels, random_split, split
 from fedvlm.errors import ConfigError
 from fedvlm.evaluation import client_scores, per_client_metrics, server_scores
@@ -57,6 +58,7 @@ from fedvlm.heads.base import RoundContext
 from fedvlm.inputs.build import batch_source, feature_request
 from fedvlm.inputs.features import FeatureBatches
 from fedvlm.ot import MarginalErrorMonitor
+from fedvlm.sections import DiurnalAvailability
 from fedvlm.tasks import TASKS, Task, spread
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
@@ -133,10 +135,10 @@ class ServerState:
 
 
 def _splits(config: ExperimentConfig, labels: np.ndarray, official: dict[str, np.ndarray] | None,
-            classnames: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            classnames: list[str] | None = None, spec: DatasetSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows: the configured fractions (stratified per class for class labels),
-    else the dataset's official split, else its default fractions; then few-shot sampling."""
-    spec = DATASETS.get(config.data.dataset)
+    else the dataset's official split, else its default fractions (``spec``'s); then few-shot sampling."""
+    spec = spec or data_spec(config.data)
     if config.data.split is None and official:
         train, test = official["train"], official["test"]
     else:
@@ -189,10 +191,11 @@ def _digest(*parts) -> str:
 
 
 def _dataset_identity(config: ExperimentConfig, dataset, train: np.ndarray, test: np.ndarray) -> dict[str, str]:
-    """The data a run trains on: file list (relative to the data root) and labels, class names,
-    and the train/test rows the split and few-shot sampling cut from them."""
+    """The data a run trains on: file list (relative to the data root; a Hugging Face dataset's
+    rows by fingerprint, split, column and row) and labels, class names, and the train/test rows
+    the split and few-shot sampling cut from them."""
     root = data_root(config.data.root)
-    files = "\n".join(os.path.relpath(path, root) for path in dataset.paths)
+    files = "\n".join(getattr(path, "cache_identity", None) or os.path.relpath(path, root) for path in dataset.paths)
     official = sorted((dataset.official_splits or {}).items())
     return {"dataset": _digest(files, dataset.labels, "\n".join(dataset.classnames), train, test,
                                *[part for name, rows in official for part in (name, np.asarray(rows))]),
@@ -216,13 +219,12 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     ``expected_identity`` (a resumed checkpoint's): the data, backbone and client shares must be
     the ones it was trained on; each is checked as soon as it is known.
     """
-    dataset = load_dataset(config.data.dataset, config.data.root)
-    spec = DATASETS.get(config.data.dataset)
+    dataset, spec = load_data(config.data)  # data.dataset, or a Hugging Face data.source (fedvlm.data.hub)
     task = TASKS.get(spec.task)(config.eval.threshold, config.eval.top_k)
-    train, test = _splits(config, dataset.labels, dataset.official_splits, dataset.classnames)
+    train, test = _splits(config, dataset.labels, dataset.official_splits, dataset.classnames, spec)
     identity = _dataset_identity(config, dataset, train, test)
     _check_identity(expected_identity, identity, "dataset",
-                    f"the dataset {config.data.dataset} (its file list, labels or split)")
+                    f"the dataset {config.data.name} (its file list, labels or split)")
     config.partition.check(len(train))
 
     # Only the images the run uses are encoded; rows are renumbered to the feature table.
@@ -231,7 +233,7 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
     row_of[used] = np.arange(len(used))
     head_class = HEADS.get(config.head.name)
     if head_class.output_kind != task.expects:
-        raise ConfigError(f"head.name: {config.head.name} returns {head_class.output_kind}, but {config.data.dataset} "
+        raise ConfigError(f"head.name: {config.head.name} returns {head_class.output_kind}, but {config.data.name} "
                           f"is a {spec.task} dataset that scores {task.expects}; choose a {spec.task} head")
     backbone = FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision,
                                device=fabric.device)
@@ -271,13 +273,110 @@ def build_federation(config: ExperimentConfig, fabric, expected_identity: dict[s
 # ------------------------------------------------------------------------------- one round
 
 
-def sample_clients(seed: int, round_index: int, num_clients: int, participation: float) -> list[int]:
-    """The clients of a round: ``max(1, round(participation * K))`` of them, sorted."""
+def sample_clients(seed: int, round_index: int, num_clients: int, participation: float,
+                   among: list[int] | None = None) -> list[int]:
+    """The clients of a round: ``max(1, round(participation * K))`` of them, sorted, drawn from
+    ``among`` (the clients available this round; None: all K), all of them when fewer are there."""
     count = max(1, round(participation * num_clients))
-    if count >= num_clients:
-        return list(range(num_clients))
-    chosen = np.random.default_rng([int(seed), int(round_index), 0xC11E]).choice(num_clients, count, replace=False)
-    return sorted(int(k) for k in chosen)
+    candidates = list(range(num_clients)) if among is None else sorted(among)
+    if count >= len(candidates):
+        return candidates
+    chosen = np.random.default_rng([int(seed), int(round_index), 0xC11E]).choice(len(candidates), count, replace=False)
+    return sorted(candidates[int(i)] for i in chosen)
+
+
+# Client availability (docs/AVAILABILITY.md). Each draw has its own stream per (seed, round,
+# client), apart from the sampling's and the client's training streams: turning dropout on does
+# not change who is sampled, and a client's draw does not depend on which others are sampled.
+_AVAILABLE_STREAM, _DROPOUT_STREAM, _STRAGGLER_STREAM = 0xA7A1, 0xD209, 0x5714
+
+
+def _client_draw(seed: int, round_index: int, client: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(round_index), int(client), stream])
+
+
+def _per_client(value: float | list[float], num_clients: int) -> list[float]:
+    return list(value) if isinstance(value, list) else [value] * num_clients
+
+
+def available_clients(seed: int, round_index: int, availability, num_clients: int) -> list[int]:
+    """The clients present this round: client k with probability ``availability[k]`` (or the
+    daily cycle's, :class:`fedvlm.sections.DiurnalAvailability`)."""
+    presence = availability.presence(round_index, num_clients) if isinstance(availability, DiurnalAvailability) \
+        else _per_client(availability, num_clients)
+    return [k for k in range(num_clients)
+            if _client_draw(seed, round_index, k, _AVAILABLE_STREAM).random() < presence[k]]
+
+
+def dropped_clients(seed: int, round_index: int, clients: list[int], dropout: float | list[float],
+                    num_clients: int) -> list[int]:
+    """The sampled ``clients`` that fail to report this round: client k with probability ``dropout[k]``."""
+    rates = _per_client(dropout, num_clients)
+    return [k for k in clients
+            if rates[k] > 0 and _client_draw(seed, round_index, k, _DROPOUT_STREAM).random() < rates[k]]
+
+
+def straggler_steps(seed: int, round_index: int, clients: list[int], stragglers,
+                    client_steps: list[int]) -> dict[int, int]:
+    """The stragglers among ``clients`` and the local steps each completes: with probability
+    ``stragglers.fraction`` client k does ``max(1, floor(u * client_steps[k]))`` of its steps, u
+    uniform in [``stragglers.min_work``, 1) (:class:`fedvlm.sections.StragglerConfig`). Only the
+    clients left with fewer steps than a full round straggle (a one-step round cannot be cut)."""
+    steps = {}
+    for k in clients:
+        draw = _client_draw(seed, round_index, k, _STRAGGLER_STREAM)
+        if draw.random() < stragglers.fraction:
+            work = stragglers.min_work + (1 - stragglers.min_work) * draw.random()
+            completed = max(1, math.floor(work * client_steps[k]))
+            if completed < client_steps[k]:
+                steps[k] = completed
+    return steps
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who takes part in a round: sampled (among the available), dropped (sampled, never
+    report: they do not train, their state stays as it was), and the stragglers' step budgets."""
+
+    sampled: list[int]
+    dropped: list[int] = field(default_factory=list)
+    local_steps: dict[int, int] = field(default_factory=dict)  # straggler -> local steps it completes
+    available: list[int] | None = None  # None: sampling among all clients
+
+    @property
+    def reporting(self) -> list[int]:
+        """The clients that train and whose updates reach the server, in client order."""
+        dropped = set(self.dropped)
+        return [k for k in self.sampled if k not in dropped]
+
+    def metrics(self) -> dict:
+        """The round's metrics line entries: the id lists (metrics.jsonl only) and their counts
+        (finite scalars: every logger)."""
+        stragglers = sorted(self.local_steps)
+        line = {"availability/sampled_clients": self.sampled, "availability/dropped_clients": self.dropped,
+                "availability/straggled_clients": stragglers,
+                "availability/straggler_steps": [self.local_steps[k] for k in stragglers],
+                "availability/sampled": len(self.sampled), "availability/dropped": len(self.dropped),
+                "availability/reported": len(self.reporting), "availability/straggled": len(stragglers)}
+        if self.available is not None:
+            line.update({"availability/available_clients": self.available,
+                         "availability/available": len(self.available)})
+        return line
+
+
+def plan_round(federation: FederationConfig, seed: int, round_index: int, client_steps: list[int]) -> RoundPlan:
+    """The round's :class:`RoundPlan` from the ``federation`` section; ``client_steps[k]``: client
+    k's local steps in a full round. Deterministic in (seed, round, client)."""
+    num_clients = len(client_steps)
+    available = available_clients(seed, round_index, federation.availability, num_clients) \
+        if federation.sampling == "available" else None
+    sampled = sample_clients(seed, round_index, num_clients, federation.participation, among=available)
+    dropped = dropped_clients(seed, round_index, sampled, federation.dropout, num_clients)
+    plan = RoundPlan(sampled, dropped, available=available)
+    if federation.stragglers is None:
+        return plan
+    return RoundPlan(sampled, dropped, straggler_steps(seed, round_index, plan.reporting, federation.stragglers,
+                                                       client_steps), available)
 
 
 def owner(client: int, world_size: int) -> int:
@@ -306,9 +405,12 @@ def client_steps(federation: Federation) -> list[int]:
 
 
 def train_clients(federation: Federation, state: ServerState, optimizer: SlotOptimizer, clients: list[int],
-                  round_index: int, progress=None, module: HeadModule | None = None, fabric=None) -> list[ClientResult]:
+                  round_index: int, progress=None, module: HeadModule | None = None, fabric=None,
+                  local_steps: dict[int, int] | None = None) -> list[ClientResult]:
     """Local training of ``clients`` this round, ``num_slots`` at a time, through the process's
-    one ``module`` (:class:`HeadModule` around the federation's head; made here when not given)."""
+    one ``module`` (:class:`HeadModule` around the federation's head; made here when not given).
+    ``local_steps``: the stragglers' step budgets (:class:`RoundPlan`); the others take a full round."""
+    local_steps = local_steps or {}
     config, head = federation.config, federation.head
     module = module if module is not None else HeadModule(config, head=head)
     keep_optimizer = config.optim.keep_state
@@ -317,7 +419,8 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
     for first in range(0, len(clients), head.num_slots):
         group = clients[first : first + head.num_slots]
         tasks = [ClientTask(k, federation.train[k], state.client_start(federation, k),
-                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k))
+                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k),
+                            steps=local_steps.get(k))
                  for k in group]
         results += train_pass(
             module, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
@@ -423,13 +526,20 @@ def apply_round(federation: Federation, state: ServerState, results: list[Client
             state.algorithm_clients[result.client] = result.algorithm_state
     if algorithm.aggregates and shared and reports:
         # Only shared tensors are put into the updates: the server never sees a private one.
-        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras)
+        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared}, r.extras, r.steps)
                    for r in results]
+        everyone = (reduction.gather_shared(updates, reports, state.global_shared)
+                    if federation.head.needs_previous_uploads or algorithm.needs_every_update else None)
         if federation.head.needs_previous_uploads:
-            state.uploads.update(reduction.gather_shared(updates, reports, state.global_shared))
-        sums = reduction.sums(algorithm, state.global_shared, updates, reports)
-        global_shared, server_state = algorithm.server_step_from_sums(state.global_shared, sums, state.algorithm,
-                                                                      round_info)
+            state.uploads.update(everyone)
+        if algorithm.needs_every_update:  # every rank runs the same step on the same gathered numbers
+            gathered = [ClientUpdate(r.client, r.num_samples, everyone[r.client], {}, r.steps) for r in reports]
+            global_shared, server_state = algorithm.server_step(state.global_shared, gathered, state.algorithm,
+                                                                round_info)
+        else:
+            sums = reduction.sums(algorithm, state.global_shared, updates, reports)
+            global_shared, server_state = algorithm.server_step_from_sums(state.global_shared, sums,
+                                                                          state.algorithm, round_info)
         # A server optimiser (momentum, Adam moments, a large server lr) can overflow on finite
         # client updates; nothing of the round is kept then, so the last checkpoint stays finite.
         broken = nonfinite_tensors({**global_shared, **server_state})
@@ -640,6 +750,7 @@ def _run_on_rank(fabric, config: ExperimentConfig) -> dict:
             if checkpoint["next_round"] >= config.federation.rounds and folder.summary_path.is_file():
                 return _already_finished(folder, config, is_main)
         federation = build_federation(config, fabric, checkpoint["identity"] if checkpoint else None)
+        config.federation.check_clients(federation.num_clients)
         check_warmup_ends(config.optim, config.federation.rounds, client_steps(federation))
         if folder is None:  # a new run's folder is made once its inputs are loaded and valid
             folder = _new_run_folder(fabric, config)
@@ -698,26 +809,35 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
     reduce_max = (lambda t: fabric.all_reduce(t.to(fabric.device), reduce_op="max").cpu()) \
         if fabric.world_size > 1 else None
     for round_index in round_bar:
-        sampled = sample_clients(config.seed, round_index, federation.num_clients, config.federation.participation)
-        shards = shard_clients(sampled, fabric.world_size)
+        plan = plan_round(config.federation, config.seed, round_index, steps_per_round)
+        sampled = plan.sampled
+        # dropped clients never train: only the reporting ones train, each on its owner
+        shards = shard_clients(plan.reporting, fabric.world_size)
         mine = shards[fabric.global_rank]
         with tqdm(total=len(mine), desc=f"round {round_index + 1} clients", unit="client", leave=False,
                   disable=not show) as client_bar, marginals.recording():
             results = train_clients(federation, state, optimizer, mine, round_index, client_bar, module,
-                                    fabric) if optimizer else []
-        reports = gather_reports(fabric, results, shards) if optimizer else []
+                                    fabric, plan.local_steps) if optimizer else []
+        # every rank knows the plan: when no client reports, all of them skip the collectives
+        reports = gather_reports(fabric, results, shards) if optimizer and plan.reporting else []
         _crash_if_requested("mid_round", round_index + 1)
         kept = (f"the last finite checkpoint (round {checkpointed}) is kept in {folder.checkpoint_path}"
                 if checkpointed is not None else "no round was checkpointed yet")
         results, reports, diverged = finite_results(config, results, reports, round_index, kept)
-        round_info = ServerRound(round_index, config.seed, federation.num_clients, len(sampled))
+        # the server knows the clients that reported: a dropped client is as if it was not sampled
+        round_info = ServerRound(round_index, config.seed, federation.num_clients, len(plan.reporting))
         apply_round(federation, state, results, round_info, reports, reduction)
         state.next_round = round_index + 1
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
-        first_lr = learning_rate(config, round_index)(0, max(steps_per_round[k] for k in sampled))
+        first_lr = learning_rate(config, round_index)(0, max((steps_per_round[k] for k in sampled), default=1))
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
                    "train/loss": _mean([r.loss for r in reports]), **state.communication,
                    **algorithm.round_metrics(state.algorithm, round_info)}
+        if config.federation.models_availability:
+            metrics.update(plan.metrics())
+            if not plan.reporting and is_main:
+                print(f"warning: round {round_index + 1}: no sampled client reported (federation.dropout / "
+                      "availability); nothing was aggregated and the global model stays", file=sys.stderr, flush=True)
         ot_marginal_error = marginals.end_round(round_index, reduce_max, warn=is_main)
         if ot_marginal_error is not None:
             metrics["train/ot_marginal_error"] = ot_marginal_error
@@ -831,12 +951,23 @@ _RESUMABLE_DIFFERENCES = ("resume", "runtime", "logging")
 def _load_resumable(folder: RunFolder, config: ExperimentConfig) -> dict:
     """The folder's checkpoint, safely loaded, when it was written by a run of these settings."""
     checkpoint = folder.load_checkpoint()
-    saved, current = checkpoint["config"], config.to_dict()
+    saved, current = _as_current_settings(checkpoint["config"]), config.to_dict()
     for key in current:
         if key not in _RESUMABLE_DIFFERENCES and saved.get(key) != current.get(key):
             raise ConfigError(f"resume: {key} differs from the run in {folder.path} "
                               f"(saved {saved.get(key)!r}); resume with the same experiment settings")
     return checkpoint
+
+
+def _as_current_settings(saved: dict) -> dict:
+    """A checkpoint's settings read by today's schema, so that a run saved before a key existed
+    resumes: the key takes its default, which is the behaviour the run was trained with (a new
+    key's default keeps the old behaviour), and a deprecated spelling maps as it does in a YAML.
+    Settings today's schema refuses are compared as saved (and so differ, in one line)."""
+    try:
+        return build_config(copy.deepcopy(saved)).to_dict()
+    except ConfigError:
+        return saved
 
 
 def _already_finished(folder: RunFolder, config: ExperimentConfig, is_main: bool) -> dict:
@@ -865,8 +996,8 @@ def _start_logging(config: ExperimentConfig, folder: RunFolder, federation: Fede
                header=",".join(federation.classnames), comments="")
     partition_name = config.partition.name
     image = partition_heatmap(counts, federation.classnames, folder.path / "partition.png",
-                              f"{config.data.dataset}: {partition_name}, {len(counts)} clients (train images)")
-    tags = [config.head.name, config.algorithm.name, config.data.dataset, partition_name, f"seed{config.seed}",
+                              f"{config.data.name}: {partition_name}, {len(counts)} clients (train images)")
+    tags = [config.head.name, config.algorithm.name, config.data.name, partition_name, f"seed{config.seed}",
             *config.logging.tags]
     # A resumed run logs to a new W&B run of the same name and group: an offline W&B run cannot
     # be reopened by a second process. metrics.jsonl stays the one complete record.
@@ -888,18 +1019,30 @@ def _wandb(loggers: list) -> list[FedvlmWandbLogger]:
     return [logger for logger in loggers if isinstance(logger, FedvlmWandbLogger)]
 
 
+def _availability_totals(history: list[dict]) -> dict:
+    """Over the run's rounds: clients sampled, dropped, reported and straggled, and the rounds in
+    which no sampled client reported (read from the committed lines, so a resumed run agrees)."""
+    counts = ("sampled", "dropped", "reported", "straggled")
+    totals = {f"availability/total_{name}": sum(line.get(f"availability/{name}", 0) for line in history)
+              for name in counts}
+    totals["availability/rounds_without_reports"] = sum(
+        1 for line in history if "availability/reported" in line and line["availability/reported"] == 0)
+    return totals
+
+
 def _summary(config, federation: Federation, state: ServerState, metrics: dict, folder: RunFolder, seconds: float,
              round_seconds: float) -> dict:
     head = federation.head
     shared, private = head.parameters_per_client(head.shared_names()), head.parameters_per_client(head.private_names())
     return {
         "experiment": config.name, "run_id": folder.run_id, "run_dir": str(folder.path), "seed": config.seed,
-        "method": config.head.name, "algorithm": config.algorithm.name, "dataset": config.data.dataset,
+        "method": config.head.name, "algorithm": config.algorithm.name, "dataset": config.data.name,
         "num_clients": federation.num_clients, "rounds": config.federation.rounds,
         "primary_metric": federation.task.primary,
         **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()},
         "parameters": {"backbone": federation.backbone.num_parameters(), "trainable_per_client": shared + private,
                        "shared_per_client": shared, "private_per_client": private},
+        **(_availability_totals(state.history) if config.federation.models_availability else {}),
         "wall_time_s": round(seconds, 2),
         # of wall_time_s, the round loop (training, aggregation, evaluation, checkpoints); the rest is
         # set-up: data, backbone, feature extraction, logging

@@ -107,40 +107,56 @@ def _classnames(args) -> list[str]:
     return load_dataset(args.dataset, args.data_root).classnames
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def llm_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every LLM-written class file takes: the classes (a dataset or a list), the
+    output file and the endpoint (defaults from FEDVLM_LLM_ENDPOINT / FEDVLM_LLM_MODEL)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", help="a registered dataset whose class names to use (read from --data-root)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--classes", help="comma-separated class names instead of --dataset")
-    parser.add_argument("--num-conditions", type=int, default=5)
-    parser.add_argument("--max-combinations", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--endpoint", default=os.environ.get("FEDVLM_LLM_ENDPOINT"))
     parser.add_argument("--model", default=os.environ.get("FEDVLM_LLM_MODEL"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def ask_llm(args, chain: Callable[[list[str], Ask], object], answer: str):
+    """``chain(classnames, ask)`` against the configured endpoint, or None after one ``error:`` line
+    on stderr (no endpoint, no classes, a fedvlm data error, an unreachable endpoint, a reply in
+    another format; ``answer`` names what the reply should hold)."""
     if not args.endpoint or not args.model:
         print("error: no LLM endpoint configured; set FEDVLM_LLM_ENDPOINT (an OpenAI-compatible chat completions "
               "URL) and FEDVLM_LLM_MODEL, or pass --endpoint and --model", file=sys.stderr)
-        return 2
+        return None
     if not (args.dataset or args.classes):
         print("error: give --dataset NAME or --classes 'a,b,c'", file=sys.stderr)
-        return 2
+        return None
     ask = chat_endpoint(args.endpoint, args.model, os.environ.get("FEDVLM_LLM_API_KEY"))
     try:
-        classnames = _classnames(args)
-        _, conditions = condition_chain(classnames, ask, args.num_conditions, args.max_combinations, seed=args.seed)
+        return chain(_classnames(args), ask)
     except UserError as error:  # fedvlm's own one-line errors (a missing or malformed dataset)
         print(f"error: {error}", file=sys.stderr)
-        return 2
     except OSError as error:  # unreachable endpoint, HTTP error status, timeout
         print(f"error: LLM endpoint {args.endpoint}: {error}; expected a reachable OpenAI-compatible chat "
               "completions URL", file=sys.stderr)
-        return 2
     except (KeyError, IndexError, ValueError, RuntimeError) as error:  # a reply in another format
         print(f"error: LLM endpoint {args.endpoint}: unusable reply ({error}); expected a chat completions "
-              "JSON answer with the requested lines", file=sys.stderr)
+              f"JSON answer with {answer}", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = llm_parser(__doc__.split("\n")[0])
+    parser.add_argument("--num-conditions", type=int, default=5)
+    parser.add_argument("--max-combinations", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    found = ask_llm(args, lambda classnames, ask: condition_chain(classnames, ask, args.num_conditions,
+                                                                  args.max_combinations, seed=args.seed),
+                    "the requested lines")
+    if found is None:
         return 2
+    _, conditions = found
     write_conditions(args.out, conditions, f"model {args.model}")
     print("\n".join(conditions))
     return 0

@@ -1,5 +1,6 @@
 """Aggregation by reduction on real gloo processes: 1, 2 (and 4, slow) processes end bitwise
-equal for several algorithms and a head with private parameters, and no rank ever receives a
+equal for several algorithms (also FedNova with stragglers and dropout, and FedAWA, whose
+server step gathers every update) and a head with private parameters, and no rank ever receives a
 private tensor of a client another rank owns (tests/recorded_launch.py records every tensor the
 collectives hand back)."""
 
@@ -31,6 +32,12 @@ RUNS = {
     "scaffold": {"algorithm": {"name": "scaffold"}},
     "fedadam": {"algorithm": {"name": "fedadam", "server_lr": 0.005}},
     "dp_fedavg": {"algorithm": {"name": "dp_fedavg", "clip_norm": 0.05, "noise_multiplier": 0.5}},
+    # stragglers take fewer steps (FedNova's tau_i), a dropped client reports nothing
+    "fednova": {"algorithm": {"name": "fednova"},
+                "federation": {"rounds": 2, "participation": 1.0, "dropout": 0.25,
+                               "stragglers": {"fraction": 0.5, "min_work": 0.2}}},
+    # the server step needs every update (gathered shared parameters), not sums
+    "fedawa": {"algorithm": {"name": "fedawa"}, "federation": {"rounds": 2, "participation": 1.0}},
     # private parameters; every client trains every round, so each one's are its own
     "fedotp": {"head": {"name": "fedotp"}, "federation": {"rounds": 2, "participation": 1.0},
                "optim": {"lr": 0.01, "batch_size": 8, "keep_state": True}},

@@ -316,3 +316,25 @@ def test_one_and_two_processes_give_identical_results(colour_data_root, tmp_path
     assert torch.equal(a["global_shared"]["context"], b["global_shared"]["context"])
     metrics = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert metrics(one_dir) == metrics(two_dir)
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_its_default(colour_data_root, tmp_path):
+    """A checkpoint written before a settings key was added (here: runtime.feature_table and
+    logging.backends removed from its saved settings) resumes, the key at its default, and ends
+    where an uninterrupted run ends; a saved setting that really differs is still refused."""
+    raw = _config(colour_data_root, tmp_path / "results", federation={"rounds": 2}, logging={"wandb": "disabled"})
+    whole = run(load_config(overrides={**raw, "name": "whole"}))
+    config = _write(tmp_path / "exp.yaml", raw)
+    assert _cli(["run", str(config)], {"FEDVLM_KILL_AT": "after_round@1"}).returncode == -9
+    (folder,) = (tmp_path / "results" / "e2e").iterdir()
+    path = folder / "checkpoints" / "last.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["runtime"]["feature_table"], checkpoint["config"]["logging"]["backends"]
+    torch.save(checkpoint, path)
+    resumed = run(load_config(overrides={**raw, "resume": str(folder)}))
+    assert resumed["global/accuracy"] == whole["global/accuracy"] and resumed["train/loss"] == whole["train/loss"]
+    checkpoint["config"]["optim"]["lr"] = 0.5  # a real difference
+    torch.save(checkpoint, path)
+    (folder / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="resume: optim differs"):
+        run(load_config(overrides={**raw, "resume": str(folder)}))

@@ -15,4 +15,4 @@ __all__ = ["ALGORITHMS", "AlgorithmConfig", "ClientUpdate", "FedAvg", "FedProx",
            "ServerRound", "fedavg", "flat_norm", "round_sums", "term_layout", "weighted_mean", "zeros_like_state"]
 
 # one import per algorithm file: importing registers it
-from fedvlm.algorithms import dp_fedavg, feddyn, fedopt, scaffold  # noqa: E402,F401
+from fedvlm.algorithms import dp_fedavg, fedawa, feddyn, fednova, fedopt, scaffold  # noqa: E402,F401

@@ -51,12 +51,14 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class ClientUpdate:
     """What the server receives from one client: its shared parameters at the end of the round
-    (after the client half's :meth:`AlgorithmConfig.finish_client`) and the extra uploads."""
+    (after the client half's :meth:`AlgorithmConfig.finish_client`), the extra uploads, and the
+    local steps it took (tau_i: fewer than a full round for a straggler; FedNova normalises by it)."""
 
     client: int
     num_samples: int
     shared: Tensors
     extras: Tensors = field(default_factory=dict)
+    steps: int | None = None  # None: not recorded (FedNova refuses such an update)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ServerRound:
     index: int  # 0-based
     seed: int  # the experiment's seed (server-side randomness, e.g. DP noise)
     num_clients: int  # K, every client of the federation
-    num_sampled: int  # clients drawn this round (before any non-finite one is left out)
+    num_sampled: int  # clients drawn this round that report (dropped ones excluded; non-finite ones still counted)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class AlgorithmConfig(ComponentConfig):
     client_state: ClassVar[tuple[str, ...]] = ()  # per-client state kinds, kept across rounds
     uploads: ClassVar[tuple[str, ...]] = ()  # extra upload kinds (each the size of the shared state)
     broadcasts: ClassVar[tuple[str, ...]] = ()  # extra download kinds (SCAFFOLD's server control)
+    # True: server_step needs every update, not sums (FedAWA's pairwise client-vector geometry);
+    # the round gathers the participants' shared parameters to every rank for it
+    needs_every_update: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ client half
 

@@ -13,7 +13,10 @@ training draws one view per sample per step (``data.augment_views``).
 
 The key hashes everything the features depend on: model name, weights (tag, or checkpoint path
 with size and modification time), precision, the preprocessing pipeline, the file list (paths,
-sizes, modification times) and whether patch tokens are included. Extraction is split over
+sizes, modification times) and whether patch tokens are included. An image need not be a file:
+an item with ``open_image()`` and ``cache_identity`` (a row of a Hugging Face dataset,
+:class:`fedvlm.data.hub.HubImage`) is opened by that method and keyed by that identity (the
+dataset's fingerprint, split, column and row) instead of its path and times. Extraction is split over
 processes in fixed batches (so the numbers do not depend on the process count) and combined with
 one all-reduce; a disk entry is written to a temporary folder and renamed when complete, so a
 killed extraction never leaves a half-written cache.
@@ -87,12 +90,22 @@ def cache_key(backbone: FrozenCLIP, paths: list[Path], patches: bool, views: int
     augment = f"|views={views}|{augmentation(backbone)}" if views else ""
     digest.update(f"{backbone.identity()}|patches={patches}{augment}|v1".encode())
     for path in paths:
+        identity = getattr(path, "cache_identity", None)
+        if identity is not None:  # not a file: the item names its own content
+            digest.update(f"{identity}\n".encode())
+            continue
         try:
             stat = os.stat(path)
         except OSError:
             raise DataError(f"image file {path} is missing") from None
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def open_image(item) -> Image.Image:
+    """An image file's path, or an item that opens itself (``item.open_image()``), as a PIL image."""
+    opener = getattr(item, "open_image", None)
+    return opener() if callable(opener) else Image.open(item)
 
 
 class _ImageFiles(Dataset):
@@ -110,7 +123,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int):
         # Errors travel back as text: a worker's exception would arrive as a multi-line wrapper.
         try:
-            with Image.open(self.paths[index]) as image, torch.random.fork_rng():
+            with open_image(self.paths[index]) as image, torch.random.fork_rng():
                 torch.manual_seed(index * 1009 + self.view)
                 return self.preprocess(image.convert("RGB")), ""
         except Exception as error:  # corrupt, truncated or not an image

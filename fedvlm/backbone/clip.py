@@ -74,10 +74,14 @@ def _use_offline_hub_if_unreachable() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+# The torch seed of every random-weight build (pretrained: null); part of its weights identity.
+RANDOM_WEIGHTS_SEED = 0
+
+
 def weights_identity(pretrained: str | None) -> str:
     """A short string that changes whenever the weights change (for feature-cache keys)."""
     if pretrained is None:
-        return "random"
+        return f"random:{RANDOM_WEIGHTS_SEED}"
     path = Path(pretrained)
     if path.is_file():
         stat = path.stat()
@@ -161,7 +165,12 @@ def create_clip(name: str, pretrained: str | None, device: str | torch.device = 
             _use_offline_hub_if_unreachable()
     quick_gelu = uses_quick_gelu(name, pretrained)
     try:
-        with _quiet_root_logger():  # open_clip logs on the root logger; our errors say it in one line
+        # Random weights (pretrained: null) are a fixed draw, not whatever the caller's torch RNG holds:
+        # the feature caches key them by identity ("random", RANDOM_WEIGHTS_SEED), so every load of
+        # a model without weights must give the same tensors; and loading consumes none of the
+        # caller's random stream.
+        with _quiet_root_logger(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained if load_weights else None, force_quick_gelu=quick_gelu, device=device)
     except RuntimeError as error:
@@ -422,7 +431,7 @@ class FrozenCLIP(nn.Module):
 
     def encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
                                   layer_prompts: torch.Tensor | None = None,
-                                  prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+                                  prompt_index: torch.Tensor | None = None, first_layer: int = 1) -> torch.Tensor:
         """Text features with prompts injected into the first J blocks (MaPLe; OTDPP Sec. 3.4).
 
         ``embeddings [N, L, d_t]`` already carry the first block's prompts (spliced in as for
@@ -432,15 +441,17 @@ class FrozenCLIP(nn.Module):
         (REFERENCE-NOTES item 6). ``prompt_index [N, L]`` says which prompt token sits at each
         position (-1: a frozen token), like ``PromptLayout.context_index``. Blocks run
         batch-first, as open_clip 3.x builds them (REFERENCE-NOTES item 5). With no layer
-        prompts this is :meth:`encode_token_embeddings`. -> ``[N, D]``.
+        prompts this is :meth:`encode_token_embeddings`. ``first_layer`` moves the injections to
+        blocks ``first_layer .. first_layer + J - 2`` (TCP replaces the context before one middle
+        block only: ``J - 1 = 1``, ``first_layer = 8``). -> ``[N, D]``.
         """
-        return self._reused((embeddings, eot_positions, layer_prompts, prompt_index),
+        return self._reused((embeddings, eot_positions, layer_prompts, prompt_index, torch.tensor([first_layer])),
                             lambda: self._encode_deep_prompted_text(embeddings, eot_positions, layer_prompts,
-                                                                    prompt_index))
+                                                                    prompt_index, first_layer))
 
     def _encode_deep_prompted_text(self, embeddings: torch.Tensor, eot_positions: torch.Tensor,
-                                   layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None
-                                   ) -> torch.Tensor:
+                                   layer_prompts: torch.Tensor | None, prompt_index: torch.Tensor | None,
+                                   first_layer: int = 1) -> torch.Tensor:
         tower = self.text_tower
         length = self._text_length(embeddings.shape[1], eot_positions)
         prompt_index = prompt_index[:, :length] if prompt_index is not None else None
@@ -452,8 +463,8 @@ class FrozenCLIP(nn.Module):
         batch_first = getattr(tower.transformer, "batch_first", True)
         with self._autocast(x.device):
             for j, block in enumerate(tower.transformer.resblocks):
-                if 1 <= j < depth:
-                    injected = torch.gather(layer_prompts[:, j - 1].to(x.dtype), 1, gather_index)
+                if first_layer <= j < first_layer + depth - 1:
+                    injected = torch.gather(layer_prompts[:, j - first_layer].to(x.dtype), 1, gather_index)
                     x = torch.where(is_prompt, injected, x)
                 x = _run_block(block, x, mask, batch_first)
             x = _text_output(tower, x, eot_positions)

@@ -74,10 +74,10 @@ class HeadModule(L.LightningModule):
             if config is None or classnames is None:
                 raise ConfigError("HeadModule: give an experiment config with the class names, or a head")
             from fedvlm.backbone.clip import FrozenCLIP
-            from fedvlm.data.datasets import DATASETS
+            from fedvlm.data.datasets import data_spec
             from fedvlm.heads import HEADS
 
-            template = template or config.data.template or DATASETS.get(config.data.dataset).template
+            template = template or config.data.template or data_spec(config.data).template
             backbone = backbone or FrozenCLIP.load(config.model.name, config.model.pretrained, config.model.precision)
             head = HEADS.get(config.head.name)(config.head, backbone, classnames, template, num_slots=num_slots,
                                                seed=config.seed)
@@ -90,9 +90,9 @@ class HeadModule(L.LightningModule):
         self.algorithm = config.algorithm if config is not None else None
         self.task = None
         if config is not None:
-            from fedvlm.data.datasets import DATASETS
+            from fedvlm.data.datasets import data_spec
 
-            self.task = TASKS.get(DATASETS.get(config.data.dataset).task)(config.eval.threshold, config.eval.top_k)
+            self.task = TASKS.get(data_spec(config.data).task)(config.eval.threshold, config.eval.top_k)
         self.strict_loading = False  # checkpoints hold the head only
         slots = head.num_slots
         # slot bookkeeping on the device: the losses of a pass are read once, after it (no sync per step)

@@ -37,6 +37,9 @@ class ClientTask:
     start: dict[str, torch.Tensor]  # every trainable parameter at the start of the round
     optimizer_state: dict[str, torch.Tensor] | None  # None: a fresh optimizer
     algorithm_state: dict[str, torch.Tensor] | None = None  # the algorithm's per-client state; None: zeros
+    # the local steps this client completes this round (a straggler's share of them, fedvlm.simulation.RoundPlan);
+    # None: the round's local epochs / steps
+    steps: int | None = None
 
 
 @dataclass
@@ -111,14 +114,18 @@ def train_pass(model: "HeadModule | Head", optimizer: SlotOptimizer, tasks: list
     module.load_clients([task.start for task in tasks], optimizer, [task.optimizer_state for task in tasks],
                         client_state)
     module.algorithm, module.global_shared, module.server_state = algorithm, global_shared, server_state or {}
-    schedules = [batch_schedule(t.indices, batch_size, epochs, steps, client_generator(seed, round_index, t.client))
-                 for t in tasks]
+    # A straggler's batches are the first `task.steps` of a full round's (batch_schedule draws
+    # the same permutations either way), and its rates those of a full round's first steps: it
+    # is the same client, interrupted. `planned` is every client's full round.
+    planned = [local_step_count(len(t.indices), batch_size, epochs, steps) for t in tasks]
+    schedules = [batch_schedule(t.indices, batch_size, epochs, steps if t.steps is None else min(t.steps, full),
+                                client_generator(seed, round_index, t.client)) for t, full in zip(tasks, planned)]
     num_steps = max((len(s) for s in schedules), default=0)
     num_views = getattr(data, "num_views", 0)
     view_streams = [client_generator(seed, round_index, t.client, stream=1) for t in tasks]
     # [steps, S]: each slot follows its own client's schedule (one transfer per pass, none per step)
     schedule_of = lr if callable(lr) else (lambda step, client_steps: lr)
-    rates = torch.tensor([[float(schedule_of(step, len(schedules[slot]))) if slot < len(schedules) else 0.0
+    rates = torch.tensor([[float(schedule_of(step, planned[slot])) if slot < len(schedules) else 0.0
                            for slot in range(head.num_slots)] for step in range(num_steps)],
                          dtype=torch.float32).reshape(num_steps, head.num_slots).to(device)
     actives = torch.tensor([[slot < len(schedules) and step < len(schedules[slot]) for slot in range(head.num_slots)]
@@ -144,8 +151,8 @@ def train_pass(model: "HeadModule | Head", optimizer: SlotOptimizer, tasks: list
         module.on_train_batch_end(loss, None, step)
     head.eval()
     losses = module.slot_loss.cpu()  # the pass's one device-to-host copy of the losses
-    uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, schedule_of, params, shared_names,
-                                                 module.client_state, module.server_state)
+    uploads, extras, new_state = _finish_clients(algorithm, tasks, schedules, planned, schedule_of, params,
+                                                 shared_names, module.client_state, module.server_state)
     results = []
     trained_slots = module.read_clients(len(tasks), optimizer)
     for slot, (task, schedule) in enumerate(zip(tasks, schedules)):
@@ -174,8 +181,8 @@ def _stacked_state(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], s
 
 
 @torch.no_grad()
-def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], schedules, schedule_of, params,
-                    shared_names: list[str], client_state: dict[str, torch.Tensor],
+def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], schedules, planned, schedule_of,
+                    params, shared_names: list[str], client_state: dict[str, torch.Tensor],
                     server_state: dict[str, torch.Tensor]):
     """The client half's end of the round, over the pass's clients at once: (uploaded shared
     parameters, extra uploads, new per-client state), each ``{key: [len(tasks), ...]}``. Without
@@ -186,8 +193,9 @@ def _finish_clients(algorithm: AlgorithmConfig | None, tasks: list[ClientTask], 
     device = params[shared_names[0]].device
     start = {n: torch.stack([task.start[n].to(device) for task in tasks]) for n in shared_names}
     end = {n: params[n].detach()[:count] for n in shared_names}
-    # sum of each client's local rates, in float64 (K * eta_l for a constant rate)
-    lr_sum = torch.tensor([sum(float(schedule_of(step, len(s))) for step in range(len(s))) for s in schedules],
+    # sum of the rates of the local steps each client took, in float64 (K * eta_l for a constant rate)
+    lr_sum = torch.tensor([sum(float(schedule_of(step, full)) for step in range(len(s)))
+                           for s, full in zip(schedules, planned)],
                           dtype=torch.float64, device=device)
     state = {k: v[:count] for k, v in client_state.items()}
     uploads, extras, new_state = algorithm.finish_client(start, end, state, lr_sum, server_state)

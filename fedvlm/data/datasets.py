@@ -55,6 +55,27 @@ def load_dataset(name: str, root: str | Path | None = None) -> LabelledImages:
     return dataset
 
 
+def data_spec(data) -> DatasetSpec:
+    """The spec of a ``data`` section (:class:`~fedvlm.sections.DataConfig`): the registered
+    dataset's, or for a ``data.source`` one made from its features (task, default template and
+    split; :func:`fedvlm.data.hub.source_spec`)."""
+    if data.source is not None:
+        from fedvlm.data.hub import source_spec
+
+        return source_spec(data)
+    return DATASETS.get(data.dataset, key="data.dataset")
+
+
+def load_data(data) -> tuple[LabelledImages, DatasetSpec]:
+    """The images of a ``data`` section and their spec: :func:`load_dataset` of ``data.dataset``,
+    or :func:`fedvlm.data.hub.load_source` of ``data.source``."""
+    if data.source is not None:
+        from fedvlm.data.hub import load_source
+
+        return load_source(data)
+    return load_dataset(data.dataset, data.root), DATASETS.get(data.dataset)
+
+
 def register(spec: DatasetSpec) -> DatasetSpec:
     return DATASETS.register(spec.name)(spec)
 
@@ -280,7 +301,8 @@ register(DatasetSpec("synthetic_voc", "synthetic_world/VOCdevkit/VOC2007",
                      read_voc_splits, (0.5, 0.5), "an aerial photo of a {}.", None, _synthetic_names(),
                      task="multilabel"))
 
-__all__ = ["DATASETS", "DatasetSpec", "LabelledImages", "load_dataset", "data_root", "IMAGE_SUFFIXES"]
+__all__ = ["DATASETS", "DatasetSpec", "LabelledImages", "load_dataset", "load_data", "data_spec", "data_root",
+           "IMAGE_SUFFIXES"]
 
 
 # --------------------------------------------------- retrieval and multispectral datasets (issue 6)

@@ -10,7 +10,8 @@ Registered partitions (``partition.name`` in a config): ``even_per_class`` (Fed-
 ``dirichlet``, ``iid``, ``centralized`` (one client holding everything), ``feature_clusters``
 (FedMPT: k-means of zero-shot image features, one cluster per client), ``pathological`` (k
 classes per client), ``shard`` (McMahan et al.'s label-sorted shards), ``domain`` (one domain
-per client) and ``quantity`` (Dirichlet client sizes, the quantity skew of NIID-Bench).
+per client), ``quantity`` (Dirichlet client sizes, the quantity skew of NIID-Bench) and ``flwr``
+(any Flower Datasets partitioner by name, the ``flwr`` extra).
 
 A partition is called with the split's labels, the seed and, when the dataset has them, image
 features and each image's domain (``domains``, ``[N]`` ids; see ``LabelledImages.domains``).
@@ -19,7 +20,7 @@ features and each image's domain (``domains``, ``[N]`` ids; see ``LabelledImages
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -271,6 +272,8 @@ class PartitionConfig(ComponentConfig):
     num_clients: int = Field(10, gt=0)
     needs_features: ClassVar[bool] = False  # True: partitions image features, not labels
     needs_domains: ClassVar[bool] = False  # True: partitions by each image's domain
+    # True: shares out multi-hot label rows [N, C] too; the others read one class id per image
+    multi_hot: ClassVar[bool] = False
 
     def __call__(self, labels: Sequence[int], seed: int, features=None, domains=None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -310,6 +313,8 @@ class Dirichlet(PartitionConfig):
 
 @PARTITIONS.register("iid")
 class IID(PartitionConfig):
+    multi_hot: ClassVar[bool] = True
+
     def __call__(self, labels, seed, features=None, domains=None):
         return iid(labels, self.num_clients, seed)
 
@@ -318,6 +323,8 @@ class IID(PartitionConfig):
 class Centralized(PartitionConfig):
     """One client holding all the data: the papers' "Centralized" column (trained with FedAvg, the
     mean over one client being that client; ``algorithm: centralized`` is an alias, fedvlm.config)."""
+
+    multi_hot: ClassVar[bool] = True
 
     num_clients: int = Field(1, ge=1, le=1)
     # a renamed section (partition.name=centralized) does not carry num_clients over: it is fixed at 1
@@ -471,6 +478,8 @@ class FeatureClusters(PartitionConfig):
     zero-shot image features per client. Test images go to the client whose train-split
     centroid is nearest, so personalised evaluation sees the client's own kind of image."""
 
+    multi_hot: ClassVar[bool] = True
+
     needs_features: ClassVar[bool] = True
 
     def __call__(self, labels, seed, features=None, domains=None):
@@ -497,3 +506,65 @@ def client_class_counts(labels: np.ndarray, shares: list[np.ndarray], num_classe
         else:
             table[client] = np.bincount(labels[indices], minlength=num_classes)
     return table
+
+
+# ------------------------------------------------------------ Flower Datasets partitioners (optional)
+
+
+def flwr_partition(labels: Sequence[int], num_clients: int, partitioner: str, kwargs: dict, seed: int) -> list[np.ndarray]:
+    """Client shares drawn by ``flwr_datasets.partitioner.<partitioner>(**kwargs)`` (the ``flwr``
+    extra) over the class ids ``labels`` ``[N]``: fedvlm sets ``num_partitions`` (the clients),
+    ``partition_by`` (the label column) and, unless ``kwargs`` gives it, ``seed`` (the run's), where
+    the partitioner takes them. One sorted index array per client, as every partition returns."""
+    try:
+        from flwr_datasets import partitioner as partitioners
+    except ImportError:
+        raise ConfigError("partition.name: flwr needs the Flower Datasets package; pip install 'fedvlm[flwr]' "
+                          "(flwr-datasets)") from None
+    import inspect
+
+    from fedvlm.data.hub import label_table
+
+    known = sorted(name for name, value in vars(partitioners).items()
+                   if isinstance(value, type) and issubclass(value, partitioners.Partitioner)
+                   and value is not partitioners.Partitioner)
+    if partitioner not in known:
+        raise ConfigError(f"partition.partitioner: unknown flwr_datasets partitioner {partitioner!r}; expected one "
+                          f"of: {', '.join(known)}")
+    kind = getattr(partitioners, partitioner)
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ConfigError("partition.name: flwr partitions by class id, and this dataset's labels are multi-hot; "
+                          "choose iid or feature_clusters")
+    accepted = inspect.signature(kind).parameters
+    fixed = {"num_partitions": num_clients, "partition_by": "label"}
+    given = sorted(set(kwargs) & set(fixed))
+    if given:
+        raise ConfigError(f"partition.kwargs: {', '.join(given)} is set by fedvlm (partition.num_clients, the labels); "
+                          "remove it")
+    arguments = {**{k: v for k, v in fixed.items() if k in accepted},
+                 **({"seed": seed} if "seed" in accepted and "seed" not in kwargs else {}), **kwargs}
+    try:
+        chosen = kind(**arguments)
+        chosen.dataset = label_table(labels)
+        shares = [np.sort(np.asarray(chosen.load_partition(k)["row"], dtype=np.int64)) for k in range(num_clients)]
+    except (TypeError, ValueError, KeyError) as error:  # a wrong argument, or a split it cannot draw
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"partition.kwargs: {partitioner}({', '.join(f'{k}={v!r}' for k, v in arguments.items())}) "
+                          f"failed: {reason}") from None
+    return shares
+
+
+@PARTITIONS.register("flwr")
+class Flwr(PartitionConfig):
+    """Any Flower Datasets partitioner by name, e.g. ``{name: flwr, partitioner: DirichletPartitioner,
+    kwargs: {alpha: 0.5, min_partition_size: 0}}`` (:func:`flwr_partition`). The test split is cut
+    by the same partitioner with the same seed: the class mixes match where the partitioner's
+    proportions depend on the seed alone (DirichletPartitioner with ``min_partition_size: 0``,
+    which never redraws), otherwise only approximately."""
+
+    partitioner: str = "DirichletPartitioner"
+    kwargs: dict[str, Any] = {}
+
+    def __call__(self, labels, seed, features=None, domains=None):
+        return flwr_partition(labels, self.num_clients, self.partitioner, self.kwargs, seed)

@@ -17,7 +17,9 @@ import numpy as np
 @dataclass(frozen=True)
 class LabelledImages:
     """Images with labels: ``paths[i]`` has label ``labels[i]`` (``[N]`` class ids) or the
-    multi-hot row ``labels[i]`` (``[N, C]`` in {1, 0, -1}) over ``classnames``."""
+    multi-hot row ``labels[i]`` (``[N, C]`` in {1, 0, -1}) over ``classnames``. An entry of
+    ``paths`` is an image file, or an item that opens itself (``open_image()``) and names its
+    content (``cache_identity``): a Hugging Face dataset's row, :class:`fedvlm.data.hub.HubImage`."""
 
     paths: list[Path]
     labels: np.ndarray

@@ -84,6 +84,9 @@ class Head(nn.Module):
     # ([B, C] class scores) or "embeddings" (retrieval heads: [B, 1 + K, D], an image and its
     # K captions, see fedvlm.heads.retrieval).
     output_kind: str = "scores"
+    # True: the head's text inputs differ per image (CoCoOp's image-conditioned prompts), so
+    # evaluation does not memoise text forwards (fedvlm.evaluation: each would be stored once, never reused)
+    text_per_image: bool = False
 
     def __init__(self, config: HeadConfig, backbone: FrozenCLIP, classnames: list[str], template: str,
                  num_slots: int = 1, seed: int = 0):

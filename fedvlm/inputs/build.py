@@ -73,7 +73,8 @@ def batch_source(config: "ExperimentConfig", head_class, dataset: "LabelledImage
                               torch.from_numpy(labels), device, as_tensor(train_labels))
     else:
         source = FeatureBatches(features.pooled, features.patches, torch.from_numpy(labels), device,
-                                as_tensor(train_labels), features.view_pooled, features.view_patches)
+                                as_tensor(train_labels), features.view_pooled, features.view_patches,
+                                placement=config.runtime.feature_table)
     if "captions" in inputs:
         source = caption_batches(source, dataset, rows, backbone, device, dataset_name=config.data.dataset,
                                  augment_views=config.data.augment_views, tokens="caption_tokens" in inputs,

@@ -12,23 +12,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from fedvlm.backbone.cache import open_image
 from fedvlm.errors import DataError
 from fedvlm.batch import Batch
 
 
+def table_device(placement: str, tensors: list[torch.Tensor | None], device) -> torch.device:
+    """Where the feature table lives (``runtime.feature_table``): ``host``, ``device``, or
+    ``auto``: the accelerator when every tensor of the table together takes at most half of its
+    free memory (the rest is the heads', activations' and optimizer's), else the host. A CPU run
+    has one memory: the answer is the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu" or placement == "host":
+        return torch.device("cpu")
+    if placement == "device":
+        return device
+    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    return device if size <= free // 2 else torch.device("cpu")
+
+
 class FeatureBatches:
     """Cached features. With augmented views (``view_pooled [V, N, D]``), a training batch takes
-    each sample's features from the view given in ``views``; evaluation uses the clean features."""
+    each sample's features from the view given in ``views``; evaluation uses the clean features.
+
+    ``placement`` (``runtime.feature_table``, :func:`table_device`): on the accelerator the table
+    is copied there once, and a batch is a gather on the device: the only per-step transfer is
+    the row indices (and the CPU-built slot ids, whose present slots :class:`Batch` computes
+    before the copy)."""
 
     def __init__(self, pooled: torch.Tensor, patches: torch.Tensor | None, labels: torch.Tensor, device,
                  train_labels: torch.Tensor | None = None, view_pooled: torch.Tensor | None = None,
-                 view_patches: torch.Tensor | None = None):
-        self.pooled, self.patches, self.device = pooled, patches, device
-        self.view_pooled, self.view_patches = view_pooled, view_patches
-        self.labels = labels
-        self.train_labels = train_labels if train_labels is not None else labels
+                 view_patches: torch.Tensor | None = None, placement: str = "host"):
+        self.device = device
+        train_labels = train_labels if train_labels is not None else labels
+        self.table_device = table_device(placement, [pooled, patches, view_pooled, view_patches], device)
+        move = lambda t: None if t is None else t.to(self.table_device)  # noqa: E731  (no copy on the host)
+        self.pooled, self.patches = move(pooled), move(patches)
+        self.view_pooled, self.view_patches = move(view_pooled), move(view_patches)
+        self.labels, self.train_labels = move(labels), move(train_labels)
 
     @property
     def num_views(self) -> int:
@@ -38,9 +61,9 @@ class FeatureBatches:
         return (self.train_labels if train else self.labels)[index]
 
     def batch(self, rows: np.ndarray, slot: np.ndarray, train: bool = True, views: np.ndarray | None = None) -> Batch:
-        index = torch.from_numpy(np.asarray(rows))
+        index = torch.from_numpy(np.asarray(rows)).to(self.table_device, non_blocking=True)
         if views is not None and self.num_views:
-            view = torch.from_numpy(np.asarray(views))
+            view = torch.from_numpy(np.asarray(views)).to(self.table_device, non_blocking=True)
             image = self.view_pooled[view, index].float()
             patches = self.view_patches[view, index].float() if self.view_patches is not None else None
         else:
@@ -63,7 +86,7 @@ class PixelBatches(FeatureBatches):
         images = []
         for row in rows:
             try:
-                with Image.open(self.paths[row]) as image:
+                with open_image(self.paths[row]) as image:  # a file, or a dataset row (fedvlm.data.hub)
                     images.append(self.preprocess(image.convert("RGB")))
             except Exception as error:
                 raise DataError(f"cannot read image {self.paths[row]}: {type(error).__name__}") from None

@@ -252,15 +252,17 @@ def _run_patching(config: PatchingConfig, folder: RunFolder) -> dict:
 def _log_to_wandb(config: PatchingConfig, folder, results: dict) -> None:
     """The trade-off curve (a table and the plot) and the alignment rows, as one W&B run grouped
     with the stages' runs (the stages log their rounds themselves)."""
-    from fedvlm.tracking.wandb_logger import WandbLogger
+    from fedvlm.tracking.wandb_logger import FedvlmWandbLogger
 
     logging = config.logging
-    logger = WandbLogger(logging.wandb, folder.path, logging.project, logging.entity, group=config.name,
-                         name=f"{folder.run_id}-paint", run_id=f"{folder.run_id}-paint",
-                         tags=["patching", *logging.tags], config=config.model_dump(mode="json"))
+    if logging.wandb == "disabled":
+        return
+    logger = FedvlmWandbLogger(logging.wandb, folder.path, logging.project, logging.entity, group=config.name,
+                               name=f"{folder.run_id}-paint", run_id=f"{folder.run_id}-paint",
+                               tags=["patching", *logging.tags], config=config.model_dump(mode="json"))
     columns = list(results["paint"][0])
-    logger.log_table("paint/curve", columns, [[point[c] for c in columns] for point in results["paint"]])
-    logger.log_image("paint/curve_plot", folder.path / "paint_curve.png")
+    logger.log_table("paint/curve", columns=columns, data=[[point[c] for c in columns] for point in results["paint"]])
+    logger.log_image("paint/curve_plot", [str(folder.path / "paint_curve.png")])
     summary = {"experiment": config.name, "run_id": folder.run_id, "method": "paint", "seed": config.seed,
                "alpha": results["alpha"], **{f"global/patched/{k}": v for k, v in results["patched"].items()}}
     for row in results["alignment"]:

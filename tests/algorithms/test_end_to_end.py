@@ -141,12 +141,15 @@ def test_every_algorithm_composes_with_heads_of_each_kind(tiny_backbone, head_na
         results = train_pass(head, optimizer, tasks, data, batch_size=4, epochs=1, steps=None, lr=0.05, seed=7,
                              round_index=0, algorithm=algorithm, global_shared=global_shared,
                              server_state=server_state)
-        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared_names}, r.extras)
+        updates = [ClientUpdate(r.client, r.num_samples, {n: r.params[n] for n in shared_names}, r.extras, r.steps)
                    for r in results]
         new_global, new_server = algorithm.server_step(global_shared, updates, server_state, ServerRound(0, 3, 4, 2))
         where = f"{head_name} x {name}"
         assert sorted(new_global) == sorted(shared_names), where
-        for key in list(new_server) + [k for r in results for k in (*r.extras, *r.algorithm_state)]:
+        per_client = set(getattr(algorithm, "state_keys", ()))  # FedAWA: one weight logit per client, no tensor
+        assert all(new_server[key].shape == (4,) for key in per_client & set(new_server)), where
+        for key in [k for k in new_server if k not in per_client] + [k for r in results
+                                                                     for k in (*r.extras, *r.algorithm_state)]:
             assert key.split("/", 1)[1] in shared_names, (where, key)
         assert all(torch.isfinite(v).all() for v in new_global.values()), where
         assert any(not torch.equal(new_global[n], global_shared[n]) for n in shared_names), where

@@ -144,3 +144,20 @@ def test_compile_is_a_no_op_on_cpu_and_in_place_when_asked():
     assert backbone.text_tower.transformer._compiled_call_impl is compiled_call
     torch.testing.assert_close(backbone.encode_token_embeddings(embeddings, eot), eager)
     torch.testing.assert_close(backbone.encode_text(TEXTS), backbone.model.encode_text(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_random_weights_are_one_fixed_draw_whatever_the_rng_holds():
+    """The feature caches key a model without weights as ("random", seed): every load must give the
+    same tensors, and loading must leave the caller's random stream where it was. (A Trainer test
+    that seeded differently once filled the session's memory cache with other features under the
+    same key, and a later run in the process read them.)"""
+    torch.manual_seed(1)
+    first = FrozenCLIP.load("fedvlm-tiny", None)
+    after_first = torch.rand(3)
+    torch.manual_seed(1)
+    torch.rand(5)  # another state
+    second = FrozenCLIP.load("fedvlm-tiny", None)
+    assert first.identity() == second.identity()
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after_first)  # loading drew nothing from the global stream

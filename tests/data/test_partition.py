@@ -113,3 +113,21 @@ def test_few_shot_refuses_a_class_with_fewer_images_naming_it_and_its_count():
         few_shot(small, 3, seed=0, classnames=["cat", "dog"])
     with pytest.raises(ConfigError, match="class with label 0 has only 2"):
         few_shot(small, 3, seed=0)
+
+
+def test_a_class_id_partition_on_a_multilabel_dataset_is_one_line():
+    """dirichlet, even_per_class, pathological, shard, quantity and domain read one class id per
+    image; on multi-hot rows they are refused when the config loads (it used to be an IndexError
+    deep in the run), naming the partitions that do share out multi-hot rows."""
+    import pytest
+
+    from fedvlm.config import load_config
+    from fedvlm.errors import ConfigError
+
+    for name in ("dirichlet", "even_per_class", "pathological", "shard", "quantity"):
+        with pytest.raises(ConfigError) as error:
+            load_config("experiments/synthetic/multilabel.yaml", [f"partition.name={name}", "seeds=[1]"])
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"partition.name: {name} shares out one class id")
+        assert "centralized, feature_clusters, iid" in message
+    assert load_config("experiments/synthetic/multilabel.yaml", ["partition.name=iid", "seeds=[1]"])

@@ -92,3 +92,19 @@ def assert_batched_equals_sequential(make_head, data: TensorBatches, prepare=Non
     moved = [name for name, value in sequential[0].params.items()
              if not torch.allclose(value, sequential[2].params[name])]
     assert moved, "the clients should have trained to different parameters"
+
+
+def assert_multilabel_round_batched_equals_sequential(name: str, options: dict, backbone) -> None:
+    """Three clients of the multi-label head ``name`` trained by train_pass (SlotOptimizer steps on
+    multi-hot labels with unknowns), one per pass or three in one: the same parameters and losses."""
+    from fedvlm.heads import HEADS
+
+    data = TensorBatches(backbone)
+    generator = torch.Generator().manual_seed(6)
+    data.labels = torch.randint(-1, 2, (len(data.labels), len(CLASSES)), generator=generator).float()
+    head_class = HEADS.get(name)
+
+    def make_head(slots):
+        return head_class(head_class.Config(name=name, **options), backbone, CLASSES, TEMPLATE, num_slots=slots, seed=0)
+
+    assert_batched_equals_sequential(make_head, data)

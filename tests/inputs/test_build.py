@@ -60,14 +60,14 @@ def test_sources_by_declared_inputs(world, tiny_backbone):
     scenes = load_dataset("synthetic_bigearthnet", world)
     rows = np.arange(len(scenes))
     config = load_config(overrides={"name": "x", "data": {"dataset": "synthetic_bigearthnet", "root": str(world)},
-                                    "head": {"name": "dualcoop"}})
+                                    "partition": {"name": "iid"}, "head": {"name": "dualcoop"}})
     source = batch_source(config, HEADS.get("dualcoop"), scenes, rows, tiny_backbone, _features(len(rows), dim, True),
                           scenes.labels, None, "cpu")
     assert type(source) is FeatureBatches
     assert source.batch(rows[:3], np.zeros(3, dtype=int)).patches.shape == (3, 4, dim)
 
     config = load_config(overrides={"name": "x", "data": {"dataset": "synthetic_bigearthnet", "root": str(world)},
-                                    "head": {"name": "ms_student", "student": {
+                                    "partition": {"name": "iid"}, "head": {"name": "ms_student", "student": {
                                         "architecture": "vit_small_patch16_224", "in_channels": 12, "image_size": 16,
                                         "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}})
     source = batch_source(config, HEADS.get("ms_student"), scenes, rows, tiny_backbone, _features(len(rows), dim),

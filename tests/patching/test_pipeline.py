@@ -89,7 +89,7 @@ def test_a_split_without_validation_rows_is_refused_before_anything_runs(tmp_pat
     from fedvlm.errors import ConfigError
 
     raw = {"name": "x", "patch": {"data": {"dataset": "synthetic_bigearthnet", "split": [0.5, 0.5]},
-                                  "head": {"name": "paint"}},
+                                  "head": {"name": "paint"}, "partition": {"name": "iid"}},
            "supported": {"dataset": "synthetic_scenes"}}
     with pytest.raises(ConfigError, match="patch.data.split"):
         load_patching_config(None, raw)

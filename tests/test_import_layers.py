@@ -206,7 +206,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_every_module_has_a_floor(graph):
     homeless = [m for m in graph if floor_of(m) is None and m not in REEXPORTS]
-    assert not homeless, f"add these modules to FLOORS in tests/test_layers.py and docs/ARCHITECTURE.md: {homeless}"
+    assert not homeless, f"add these modules to FLOORS in tests/test_import_layers.py and docs/ARCHITECTURE.md: {homeless}"
 
 
 def test_no_import_circles(graph):
