@@ -356,6 +356,12 @@ class RuntimeConfig(Section):
     # the round and the clients; the last finite checkpoint is kept), or 'skip_client': leave its
     # update out of the aggregate and log it (metrics line key 'nonfinite_clients').
     on_nonfinite: Literal["stop", "skip_client"] = "stop"
+    # Where each client's private parameters, optimizer and algorithm state live between the
+    # rounds it trains in: 'memory' (every rank holds its clients' state; the checkpoint holds all
+    # of it) or 'disk' (one safetensors file per client and round under <run>/client_state/,
+    # written and read by the client's owner rank; the checkpoint names each client's current
+    # file). fedvlm/tracking/client_store.py, docs/RELIABILITY.md section 4.
+    client_state: Literal["memory", "disk"] = "memory"
 
 
 class LoggingConfig(Section):

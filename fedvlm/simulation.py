@@ -60,6 +60,8 @@ from fedvlm.inputs.features import FeatureBatches
 from fedvlm.ot import MarginalErrorMonitor
 from fedvlm.sections import DiurnalAvailability
 from fedvlm.tasks import TASKS, Task, spread
+from fedvlm.tracking.client_store import FOLDER as CLIENT_STATE_FOLDER
+from fedvlm.tracking.client_store import DiskClientStore, Kept
 from fedvlm.tracking.plots import partition_heatmap
 from fedvlm.tracking.run_folder import CHECKPOINT_FORMAT, RunFolder, json_safe, new_run_id
 from fedvlm.tracking import loggers as lightning_loggers
@@ -120,13 +122,31 @@ class ServerState:
     # every round's metrics line, as metrics.jsonl holds it (JSON types): the checkpoint carries
     # it, so the metrics file and the summary are rebuilt from the state they belong to
     history: list[dict] = field(default_factory=list)
+    # runtime.client_state: disk: the client-state files; ``personal``, ``optimizer`` and
+    # ``algorithm_clients`` then hold only the round's clients until they are written
+    store: DiskClientStore | None = None
 
-    def client_start(self, federation: Federation, client: int) -> dict[str, torch.Tensor]:
+    def kept(self, client: int) -> Kept:
+        """What ``client`` keeps between rounds (private parameters, optimizer state or None,
+        algorithm state or None), in memory or in its file; empty when it never trained."""
+        if self.store is not None and client not in self.personal:
+            return self.store.read(client)
+        return self.personal.get(client, {}), self.optimizer.get(client), self.algorithm_clients.get(client)
+
+    def client_start(self, federation: Federation, client: int,
+                     personal: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Every trainable parameter of ``client`` at the start of a round (``personal``: its kept
+        private parameters, when already read)."""
         params = dict(federation.initial)
         if federation.algorithm.aggregates:
             params.update(self.global_shared)
-        params.update(self.personal.get(client, {}))
+        params.update(self.kept(client)[0] if personal is None else personal)
         return params
+
+    def take_round(self) -> dict[int, Kept]:
+        """The state the round's clients keep, moved out of memory (disk mode: into the store)."""
+        return {k: (self.personal.pop(k), self.optimizer.pop(k, None), self.algorithm_clients.pop(k, None))
+                for k in sorted(self.personal)}
 
     def server_model(self, federation: Federation) -> dict[str, torch.Tensor]:
         """The global model: aggregated shared parameters, private ones at their initial value
@@ -418,10 +438,12 @@ def train_clients(federation: Federation, state: ServerState, optimizer: SlotOpt
     results: list[ClientResult] = []
     for first in range(0, len(clients), head.num_slots):
         group = clients[first : first + head.num_slots]
-        tasks = [ClientTask(k, federation.train[k], state.client_start(federation, k),
-                            state.optimizer.get(k) if keep_optimizer else None, state.algorithm_clients.get(k),
-                            steps=local_steps.get(k))
-                 for k in group]
+        tasks = []
+        for k in group:  # disk mode: one file read per client, when its pass is about to train
+            personal, optimizer_state, algorithm_state = state.kept(k)
+            tasks.append(ClientTask(k, federation.train[k], state.client_start(federation, k, personal),
+                                    optimizer_state if keep_optimizer else None, algorithm_state,
+                                    steps=local_steps.get(k)))
         results += train_pass(
             module, optimizer, tasks, federation.data, batch_size=config.optim.batch_size,
             epochs=config.federation.local_epochs, steps=config.federation.local_steps,
@@ -590,6 +612,51 @@ def collect_client_state(fabric, state: "ServerState", layouts: tuple[dict, dict
             merged[index][int(row[0])] = {name: value.to(device=layout[name].device, dtype=layout[name].dtype)
                                           for name, value in unflat(row[2:], layout).items()}
     return tuple(dict(sorted(m.items())) for m in merged)
+
+
+def _client_state_for_checkpoint(fabric, state: "ServerState", layouts: tuple[dict, dict, dict]) -> tuple | None:
+    """What the checkpoint needs of the clients' kept state. Memory mode: every client's, gathered
+    to rank 0 (:func:`collect_client_state`). Disk mode: nothing moves; a barrier makes every
+    rank's files of the rounds since the last checkpoint durable before rank 0 commits the
+    checkpoint that names them."""
+    if state.store is None:
+        return collect_client_state(fabric, state, layouts)
+    fabric.barrier()
+    return None
+
+
+def _client_store(fabric, config: ExperimentConfig, folder: RunFolder, state: "ServerState",
+                  checkpoint: dict | None, layouts: tuple[dict, dict, dict]) -> DiskClientStore | None:
+    """The run's client-state store (``runtime.client_state: disk``; None in memory mode), and,
+    resuming, the clients' state the checkpoint names, checked on every rank: its files (a
+    missing or damaged one is one line and nothing changes), or the state a memory-mode checkpoint
+    holds, written to files. A disk-mode checkpoint resumed in memory mode reads each rank's
+    clients from their files."""
+    manifest = checkpoint.get("client_state", {}) if checkpoint is not None else {}
+    disk = config.runtime.client_state == "disk"
+    if not disk and not manifest:
+        return None
+    rank, world_size = fabric.global_rank, fabric.world_size
+    store = DiskClientStore(folder.path / CLIENT_STATE_FOLDER, dict(zip(("personal", "optimizer", "algorithm"),
+                                                                         layouts)),
+                            owns=lambda client: owner(client, world_size) == rank, device=fabric.device)
+    first_problem = (lambda client: int(fabric.all_reduce(torch.tensor(client, device=fabric.device),
+                                                          reduce_op="min"))) if world_size > 1 else None
+    store.resume(manifest, first_problem)
+    if not disk:  # back to memory: each rank's clients into memory, where the next checkpoint finds them
+        for client in [k for k in manifest if store.owns(k)]:
+            personal, optimizer_state, algorithm_state = store.read(client)
+            state.personal[client] = personal
+            if optimizer_state is not None:
+                state.optimizer[client] = optimizer_state
+            if algorithm_state is not None:
+                state.algorithm_clients[client] = algorithm_state
+        return None
+    held = sorted({k for section in ("personal", "optimizer", "algorithm_clients")
+                   for k in (checkpoint or {}).get(section, {})})
+    if held:  # a memory-mode checkpoint: each rank's clients to files, named by the next checkpoint
+        store.keep_round(state.next_round, state.take_round(), held)
+    return store
 
 
 def on_device(value, device):
@@ -788,15 +855,18 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
             for client in [k for k in section if owner(k, fabric.world_size) != fabric.global_rank]:
                 del section[client]
         checkpointed = state.next_round
-        if is_main:  # the lines the checkpoint covers; rounds after it (and a torn line) are redone
-            folder.write_metrics(state.history)
-    # rank 0's Lightning loggers (logging.backends); the other ranks log nothing
-    loggers = _start_logging(config, folder, federation, state.history, resumed_at=checkpointed) if is_main else []
-
-    # an example of what a client keeps, section by section, for the checkpoint's gather to rank 0
+    # an example of what a client keeps, section by section (the checkpoint's gather to rank 0, the
+    # store's check of its files)
     client_layouts = ({n: federation.initial[n] for n in federation.personal_names()},
                       optimizer.read_slot(0) if (optimizer and config.optim.keep_state) else {},
                       zeros_like_state(algorithm.client_state, global_shared))
+    # the client-state files: their checkpoint's files checked (one line if one is missing or
+    # damaged) before anything of the folder changes
+    state.store = _client_store(fabric, config, folder, state, checkpoint, client_layouts)
+    if checkpoint is not None and is_main:  # the lines the checkpoint covers; later rounds (and a torn line) are redone
+        folder.write_metrics(state.history)
+    # rank 0's Lightning loggers (logging.backends); the other ranks log nothing
+    loggers = _start_logging(config, folder, federation, state.history, resumed_at=checkpointed) if is_main else []
     reduction = Reduction(fabric)
 
     rounds = config.federation.rounds
@@ -828,6 +898,8 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         round_info = ServerRound(round_index, config.seed, federation.num_clients, len(plan.reporting))
         apply_round(federation, state, results, round_info, reports, reduction)
         state.next_round = round_index + 1
+        if state.store is not None:  # this rank's clients of the round to their files; out of memory
+            state.store.keep_round(state.next_round, state.take_round(), [r.client for r in reports])
         # lr: the rate of the round's first local step (per-step schedules: of its busiest client)
         first_lr = learning_rate(config, round_index)(0, max((steps_per_round[k] for k in sampled), default=1))
         metrics = {"round": round_index + 1, "clients": len(sampled), "lr": first_lr,
@@ -853,7 +925,7 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
         state.history.append(json_safe(metrics))
         every = config.logging.checkpoint_every
         save = last or bool(every and state.next_round % every == 0)
-        clients = collect_client_state(fabric, state, client_layouts) if save else None  # every rank joins
+        clients = _client_state_for_checkpoint(fabric, state, client_layouts) if save else None  # every rank joins
         if is_main:
             if _commit(config, federation, folder, state, loggers, save, clients):
                 checkpointed = state.next_round
@@ -862,11 +934,13 @@ def _run_rounds(fabric, config: ExperimentConfig, federation: Federation, folder
                                    (("global", f"global/{primary}"), ("personalized", f"personalized/mean_{primary}"))
                                    if key in metrics})
         fabric.barrier()
+        if save and state.store is not None:  # the commit is on disk: the versions it superseded go
+            state.store.committed_now()
         _crash_if_requested("after_round", round_index + 1)
     if not state.history:  # no round to run (rounds: 0): the evaluation is the run's one line
         metrics = {"round": rounds, **evaluate(federation, state, fabric), **state.communication}
         state.history.append(json_safe(metrics))
-        clients = collect_client_state(fabric, state, client_layouts)
+        clients = _client_state_for_checkpoint(fabric, state, client_layouts)
         if is_main:
             _commit(config, federation, folder, state, loggers, save=True, clients=clients)
     # The summary is made of the last committed line, never of live values: a run resumed after its
@@ -900,6 +974,7 @@ def _commit(config: ExperimentConfig, federation: Federation, folder: RunFolder,
     A kill between any two steps leaves files a resumed run makes consistent again. ``clients``:
     every client's kept state (:func:`collect_client_state`)."""
     if save:
+        _crash_if_requested("before_checkpoint", state.next_round)
         folder.save_checkpoint(_checkpoint(config, federation, state, clients))
         _crash_if_requested("after_checkpoint", state.next_round)
     folder.write_metrics(state.history)
@@ -907,13 +982,14 @@ def _commit(config: ExperimentConfig, federation: Federation, folder: RunFolder,
     return save
 
 
-_KILL_POINTS = ("mid_round", "after_checkpoint", "after_round", "before_summary")
+_KILL_POINTS = ("mid_round", "before_checkpoint", "after_checkpoint", "after_round", "before_summary")
 
 
 def _crash_if_requested(point: str, completed_rounds: int) -> None:
     """``FEDVLM_KILL_AT=<point>@<round>`` kills the process (SIGKILL, no clean-up) at one of
     :data:`_KILL_POINTS` of that round: after training, before anything is applied or saved
-    (``mid_round``); between its checkpoint and its metrics line (``after_checkpoint``); at its
+    (``mid_round``); after its client-state files are written, before its checkpoint
+    (``before_checkpoint``); between its checkpoint and its metrics line (``after_checkpoint``); at its
     end (``after_round``; ``FEDVLM_KILL_AFTER_ROUND=N`` is ``after_round@N``); after the final
     checkpoint, before ``summary.json`` (``before_summary``). How the resume tests crash at known
     instants."""
@@ -941,7 +1017,9 @@ def _checkpoint(config: ExperimentConfig, federation: Federation, state: ServerS
             "next_round": state.next_round, "global_shared": state.global_shared, "personal": personal,
             "optimizer": optimizer, "uploads": state.uploads, "communication": dict(state.communication),
             "history": state.history, "algorithm_server": state.algorithm,
-            "algorithm_clients": algorithm_clients}
+            "algorithm_clients": algorithm_clients,
+            # disk mode: the round of each client's current file (its state is not in this file)
+            "client_state": state.store.manifest() if state.store is not None else {}}
 
 
 # Keys that may differ between a run and its resumption (where and how it runs, not what).

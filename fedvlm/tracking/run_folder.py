@@ -6,6 +6,8 @@
         summary.json         final metrics, communication, parameter counts, wall time
         partition.csv/.png   client x class image counts (train split)
         checkpoints/last.pt  everything needed to resume
+        client_state/        each client's kept state, one file per client and round it trained in
+                             (runtime.client_state: disk; fedvlm/tracking/client_store.py)
         .lock                held (flock) by the one process that writes the folder
         wandb/               the W&B run (offline by default)
 
@@ -38,8 +40,11 @@ import yaml
 
 from fedvlm.errors import ConfigError
 
-CHECKPOINT_FORMAT = 3  # 2: weights_only-safe, with the metrics history and the data/backbone identity;
-# 3: + the algorithm's server state and per-client state (fedvlm.algorithms)
+CHECKPOINT_FORMAT = 4  # 2: weights_only-safe, with the metrics history and the data/backbone identity;
+# 3: + the algorithm's server state and per-client state (fedvlm.algorithms); 4: + client_state, the
+# round of each client's current file in <run>/client_state/ (runtime.client_state: disk; empty in
+# memory mode). Format 3 still reads: it is format 4 with every client's state in the checkpoint.
+READABLE_FORMATS = (3, 4)
 
 
 def new_run_id(seed: int) -> str:
@@ -242,15 +247,17 @@ def read_checkpoint(path: Path) -> dict:
 
 _SCHEMA = {"format": int, "config": dict, "identity": dict, "next_round": int, "global_shared": dict,
            "personal": dict, "optimizer": dict, "uploads": dict, "communication": dict, "history": list,
-           "algorithm_server": dict, "algorithm_clients": dict}
+           "algorithm_server": dict, "algorithm_clients": dict, "client_state": dict}
 
 
 def checkpoint_problem(state) -> str | None:
     """What is wrong with a loaded checkpoint, or None: keys, their types, tensors where tensors go."""
     if not isinstance(state, dict):
         return f"holds a {type(state).__name__}, not a mapping"
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") not in READABLE_FORMATS:
         return f"has format {state.get('format')!r} (an older fedvlm or another program wrote it)"
+    if state["format"] == 3:
+        state["format"], state["client_state"] = CHECKPOINT_FORMAT, {}
     missing = [key for key in _SCHEMA if key not in state]
     if missing:
         return f"lacks {', '.join(missing)}"
@@ -274,6 +281,9 @@ def checkpoint_problem(state) -> str | None:
             if not isinstance(client, int):
                 return f"{section} has the key {client!r}, not a client number"
             problems.append(tensors(entry, f"{section}[{client}]"))
+    if not all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, int) and not isinstance(v, bool)
+               and 0 <= v <= state["next_round"] for k, v in state["client_state"].items()):
+        return "client_state is not a mapping of client numbers to rounds of the checkpoint"
     if not all(isinstance(k, str) and isinstance(v, int) for k, v in state["communication"].items()):
         return "communication is not a mapping of names to byte counts"
     if not all(isinstance(line, dict) for line in state["history"]):

@@ -17,7 +17,8 @@ def valid_checkpoint() -> dict:
             "personal": {0: {"local": torch.ones(2)}}, "optimizer": {}, "uploads": {},
             "communication": {"uploaded_bytes": 8, "downloaded_bytes": 8},
             "history": [{"round": 1, "train/loss": 0.5, "clients/accuracy": [1.0, None]}],
-            "algorithm_server": {"control/context": torch.zeros(2, 3)}, "algorithm_clients": {0: {}}}
+            "algorithm_server": {"control/context": torch.zeros(2, 3)}, "algorithm_clients": {0: {}},
+            "client_state": {}}
 
 
 class _WritesAFile:
@@ -48,7 +49,8 @@ def test_a_planted_pickle_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "empty", "not_a_mapping", "old_format", "missing_key",
-                                    "wrong_type", "not_tensors", "bool_round"])
+                                    "wrong_type", "not_tensors", "bool_round",
+                                    "client_state_ahead", "client_state_not_rounds"])
 def test_damaged_or_foreign_checkpoints_are_one_line(tmp_path, damage):
     path = tmp_path / "last.pt"
     state = valid_checkpoint()
@@ -64,7 +66,10 @@ def test_damaged_or_foreign_checkpoints_are_one_line(tmp_path, damage):
                    "missing_key": {k: v for k, v in state.items() if k != "history"},
                    "wrong_type": {**state, "next_round": "1"},
                    "not_tensors": {**state, "global_shared": {"context": [0.0, 1.0]}},
-                   "bool_round": {**state, "next_round": True}}[damage]
+                   "bool_round": {**state, "next_round": True},
+                   # a client's file from a round after the checkpoint's, or not a round at all
+                   "client_state_ahead": {**state, "client_state": {0: 2}},
+                   "client_state_not_rounds": {**state, "client_state": {0: "1"}}}[damage]
         torch.save(changed, path)
     with pytest.raises(ConfigError) as error:
         read_checkpoint(path)
@@ -79,6 +84,15 @@ def test_a_valid_checkpoint_loads_as_saved(tmp_path):
     assert torch.equal(loaded["personal"][0]["local"], torch.ones(2))
     assert loaded["history"] == valid_checkpoint()["history"]
     assert not list(tmp_path.rglob("*.tmp"))  # the temporary file was renamed, not left behind
+
+
+def test_a_format_3_checkpoint_reads_as_one_keeping_every_client_in_it(tmp_path):
+    """Format 3 (before runtime.client_state) is format 4 with every client's state in the file."""
+    path = tmp_path / "last.pt"
+    torch.save({**{k: v for k, v in valid_checkpoint().items() if k != "client_state"}, "format": 3}, path)
+    loaded = read_checkpoint(path)
+    assert loaded["format"] == CHECKPOINT_FORMAT == 4 and loaded["client_state"] == {}
+    assert torch.equal(loaded["personal"][0]["local"], torch.ones(2))
 
 
 def test_a_second_writer_fails_in_one_line(tmp_path):
