@@ -9,7 +9,9 @@ tests/test_reduction_processes.py and by ``make bench``'s scale section (bytes b
 RUNS.json: a list of config overrides (mappings). Writes RECORD_DIR/rank<r>.pt, a list of
 ``{"collective", "phase", "values"}`` (values: float64, flat), each run's records after a marker
 with phase "start". The real Fabric and gloo run; only
-the collectives are wrapped, to look at what they hand back.
+the collectives are wrapped, to look at what they hand back. With ``runtime.client_state: disk``,
+every read and write of a client's file is recorded too, in RECORD_DIR/store_rank<r>.json
+(``[run index, "read" | "write", client]``).
 """
 
 import json
@@ -21,6 +23,7 @@ import torch.distributed as dist
 
 from fedvlm import simulation
 from fedvlm.config import load_config
+from fedvlm.tracking.client_store import DiskClientStore
 
 
 def main(runs_path: str, devices: int, record_dir: str) -> None:
@@ -75,11 +78,25 @@ def main(runs_path: str, devices: int, record_dir: str) -> None:
             phase[0] = "round"
 
     simulation.build_federation = building
-    for config in configs:  # a marker record starts each run's records
+    store_accesses, current_run = [], [0]
+    read, write = DiskClientStore.read, DiskClientStore._write
+
+    def reading(self, client):
+        store_accesses.append([current_run[0], "read", client])
+        return read(self, client)
+
+    def writing(self, client, version, entry):
+        store_accesses.append([current_run[0], "write", client])
+        return write(self, client, version, entry)
+
+    DiskClientStore.read, DiskClientStore._write = reading, writing
+    for index, config in enumerate(configs):  # a marker record starts each run's records
+        current_run[0] = index
         received.append({"collective": "run", "phase": "start", "values": torch.zeros(0, dtype=torch.float64)})
         simulation._run_on_rank(fabric, config)
     Path(record_dir).mkdir(parents=True, exist_ok=True)
     torch.save(received, Path(record_dir) / f"rank{fabric.global_rank}.pt")
+    (Path(record_dir) / f"store_rank{fabric.global_rank}.json").write_text(json.dumps(store_accesses))
 
 
 if __name__ == "__main__":

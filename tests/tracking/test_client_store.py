@@ -54,8 +54,12 @@ def _same(a, b, where=""):
         assert a.keys() == b.keys(), where
         for key in a:
             _same(a[key], b[key], f"{where}[{key}]")
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{index}]")
     else:
-        assert torch.equal(a, b), where  # bitwise
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, where  # bitwise
 
 
 def _client_sections(run_dir: Path) -> tuple[dict, dict, dict]:
