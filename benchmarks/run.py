@@ -432,11 +432,18 @@ def scale(quick: bool, device: str) -> list[dict]:
     round, 2 local steps of batch 8 each, ``eval.clients: sampled`` (plus the server model on the
     1,200 test images every round), tiny CLIP, CoOp + FedAvg, one process; 12,000 images of 16 px
     shared out iid. ``wall_s`` of the first setting includes the feature extraction, which the
-    others read from the disk cache."""
+    others read from the disk cache. Client state: the same data, CoOp with 32 context tokens
+    trained by ``algorithm: local`` with AdamW and ``optim.keep_state`` (every client keeps its
+    own prompt and both Adam moments, 36 KiB), 100 clients per round for K / 100 rounds (one
+    local step each), so about 63 % of the K clients hold state at the end; evaluation off, one
+    checkpoint at the end. Peak resident memory (VmHWM, one process) with ``runtime.client_state``
+    memory vs disk, the round time, the clients holding state, and the bytes of their state on
+    disk (``client_state/``) and in the checkpoint."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         rows += _bytes_between_ranks(Path(folder), quick)
         rows += _clients_at_scale(Path(folder), quick, device)
+        rows += _client_state_at_scale(Path(folder), quick, device)
     return rows
 
 
@@ -527,6 +534,51 @@ def _clients_at_scale(folder: Path, quick: bool, device: str) -> list[dict]:
         rows.append({"measure": "round at scale", "setting": f"{clients} clients, {participants} per round",
                      "round_s": summary["rounds_time_s"] / rounds, "peak_rss_MiB": peak / 1024,
                      "wall_s": summary["wall_time_s"]})
+    return rows
+
+
+def _client_state_at_scale(folder: Path, quick: bool, device: str) -> list[dict]:
+    """Peak memory with every client's kept state in memory vs in files (runtime.client_state),
+    on the data and feature cache :func:`_clients_at_scale` made."""
+    counts = (100, 1000) if quick else (100, 1000, 10000)
+    participants = 100
+    experiment = folder / "client_state.yaml"
+    experiment.write_text(json.dumps({  # JSON is YAML
+        "name": "client_state", "seed": 1, "model": {"name": "fedvlm-tiny", "pretrained": None},
+        "data": {"dataset": "synthetic_scenes", "root": str(folder / "scale_data"), "split": [0.9, 0.1]},
+        "head": {"name": "coop", "n_ctx": 32}, "algorithm": {"name": "local"},
+        "federation": {"local_steps": 1},
+        "optim": {"name": "adamw", "lr": 0.001, "batch_size": 8, "keep_state": True},
+        "eval": {"global_test": False, "personalized": False},
+        "runtime": {"accelerator": "cuda" if device == "cuda" else "cpu", "feature_cache": "disk"},
+        "logging": {"progress": False, "wandb": "disabled", "checkpoint_every": 0,
+                    "results_dir": str(folder / "client_state_results")}}))
+    code = ("import json, resource, sys; import fedvlm; from fedvlm.cli import main; "
+            f"code = main(['run', {str(experiment)!r}] + sys.argv[1:]); "
+            "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    rows = []
+    for clients in counts:
+        rounds = clients // participants
+        for mode in ("memory", "disk"):
+            name = f"client_state_{clients}_{mode}"
+            overrides = [f"name={name}", f"federation.rounds={rounds}",
+                         f"federation.participation={participants / clients}", "partition.name=iid",
+                         f"partition.num_clients={clients}", f"runtime.client_state={mode}"]
+            done = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True,
+                                  env={**os.environ, "FEDVLM_CACHE": f"{folder}/cache"}, cwd=ROOT)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-2000:])
+            run_dir = next((folder / "client_state_results" / name).glob("*/"))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+            store = run_dir / "client_state"
+            rows.append({"measure": "client state", "setting": f"{clients} clients, {participants} per round, "
+                                                               f"{rounds} rounds",
+                         "client_state": mode, "clients_with_state": len(checkpoint["personal"]) or
+                         len(checkpoint["client_state"]), "peak_rss_MiB": int(done.stdout.split("peak_kib")[-1].split()[0]) / 1024,
+                         "round_s": summary["rounds_time_s"] / rounds,
+                         "state_files_MiB": sum(p.stat().st_size for p in store.iterdir()) / 2**20 if store.is_dir() else 0,
+                         "checkpoint_MiB": (run_dir / "checkpoints" / "last.pt").stat().st_size / 2**20})
     return rows
 
 

@@ -11,6 +11,7 @@ whole run. Each round::
                 all-reduce, bitwise on any process count); private state stays with its owner
     evaluate  : server model on the test split, each client on its own split
     check     : every client's loss and parameters finite         (runtime.on_nonfinite)
+    keep      : disk mode: each rank writes its clients' kept state to files (tracking/client_store.py)
     checkpoint, log                                                 (one transaction, tracking/run_folder.py)
 
 Fabric appears only at launch, collectives and device placement: ranks train *different*
@@ -583,8 +584,8 @@ def collect_client_state(fabric, state: "ServerState", layouts: tuple[dict, dict
     example entry of each section (names, shapes, dtypes). On one process: the state as it is.
 
     The one place where a client's private tensors leave the rank that owns them, and only to the
-    rank that writes the checkpoint file, in checkpoint rounds only (a per-rank client-state
-    store would remove it)."""
+    rank that writes the checkpoint file, in checkpoint rounds only, and only in memory mode
+    (``runtime.client_state: disk`` writes each client's state where it trained instead)."""
     sections = (state.personal, state.optimizer, state.algorithm_clients)
     if fabric is None or fabric.world_size == 1:
         return tuple(dict(sorted(section.items())) for section in sections)
