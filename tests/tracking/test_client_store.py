@@ -160,3 +160,30 @@ def test_a_missing_or_damaged_file_is_one_line_and_changes_nothing(colour_data_r
         assert _files(folder) == before, expected  # nothing removed, nothing written
     victim.write_bytes(good)
     assert main(["run", str(config), f"resume={folder}"]) == 0  # the intact file resumes
+
+
+def test_a_run_resumes_in_the_other_mode_bitwise(colour_data_root, tmp_path):
+    """runtime may differ on resume: a memory-mode checkpoint resumed in disk mode writes its
+    clients to files (named by the next checkpoint), a disk-mode one resumed in memory mode reads
+    them back; both end where the uninterrupted run ends."""
+    import os
+    import subprocess
+    import sys
+
+    whole = run(load_config(overrides=_raw(colour_data_root, tmp_path / "whole", "fedotp_keep_state")))
+    expected = _client_sections(Path(whole["run_dir"]))
+    for saved, resumed in (("memory", "disk"), ("disk", "memory")):
+        raw = _raw(colour_data_root, tmp_path / saved, "fedotp_keep_state", runtime={"client_state": saved})
+        config = tmp_path / f"{saved}.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        killed = subprocess.run([sys.executable, "-m", "fedvlm", "run", str(config)], capture_output=True, text=True,
+                                timeout=600, env={**os.environ, "FEDVLM_KILL_AT": "after_round@1"})
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        (folder,) = (tmp_path / saved / "store").iterdir()
+        summary = run(load_config(config, [f"resume={folder}", f"runtime.client_state={resumed}"]))
+        assert summary["global/accuracy"] == whole["global/accuracy"], (saved, resumed)
+        checkpoint = _checkpoint(folder)
+        assert bool(checkpoint["client_state"]) == (resumed == "disk") and bool(checkpoint["personal"]) == (
+            resumed == "memory")
+        assert (folder / "metrics.jsonl").read_bytes() == (Path(whole["run_dir"]) / "metrics.jsonl").read_bytes()
+        _same(_client_sections(folder), expected, f"{saved} -> {resumed}")
