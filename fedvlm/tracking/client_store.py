@@ -95,9 +95,6 @@ class DiskClientStore:
         self.current: dict[int, int] = {}  # client -> round of its newest file
         self.committed: dict[int, int] = {}  # client -> round of the file the folder's checkpoint names
 
-    def __contains__(self, client: int) -> bool:
-        return client in self.current
-
     def path(self, client: int, version: int) -> Path:
         return self.folder / file_name(client, version)
 
