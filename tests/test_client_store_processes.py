@@ -15,6 +15,7 @@ import yaml
 
 from fedvlm.simulation import owner
 from fedvlm.tracking.client_store import load_client_states
+from conftest import assert_bitwise_equal, launch_recorded
 
 BASE = {
     "seed": 3,
@@ -42,13 +43,7 @@ def _raw(data_root, results: Path, name: str) -> dict:
 
 
 def _launch(data_root, folder: Path, devices: int) -> Path:
-    (folder / "runs.json").write_text(json.dumps([_raw(data_root, folder / "results", name) for name in RUNS]))
-    script = Path(__file__).with_name("recorded_launch.py")
-    done = subprocess.run([sys.executable, str(script), str(folder / "runs.json"), str(devices),
-                           str(folder / "received")], capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+    return launch_recorded([_raw(data_root, folder / "results", name) for name in RUNS], folder, devices)
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +57,15 @@ def _run_dir(results: Path, name: str) -> Path:
     return run_dir
 
 
-def _same(a, b, where):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key}]")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{index}]")
-    else:
-        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, where  # bitwise
-
 
 def _assert_identical(dir_a: Path, dir_b: Path, name: str):
     a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (dir_a, dir_b))
     for section in ("global_shared", "uploads", "algorithm_server", "client_state"):
-        _same(a[section], b[section], f"{name} {section}")
+        assert_bitwise_equal(a[section], b[section], f"{name} {section}")
     assert a["history"] == b["history"], name
     assert (dir_a / "metrics.jsonl").read_bytes() == (dir_b / "metrics.jsonl").read_bytes(), name
     kept_a, kept_b = (load_client_states(d, c["client_state"]) for d, c in ((dir_a, a), (dir_b, b)))
-    _same(kept_a, kept_b, f"{name} client files")
+    assert_bitwise_equal(kept_a, kept_b, f"{name} client files")
     return kept_b
 
 

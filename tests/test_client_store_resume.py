@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from fedvlm.tracking.client_store import file_name, load_client_states
+from conftest import assert_bitwise_equal
 
 RAW = {
     "name": "resume_store", "seed": 7,
@@ -39,18 +40,6 @@ def _checkpoint(folder: Path) -> dict:
 def _store_files(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "client_state").iterdir())
 
-
-def _same(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key}]")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{index}]")
-    else:
-        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, where  # bitwise
 
 
 def test_killed_run_with_the_disk_store_resumes_bitwise_at_every_instant(colour_data_root, tmp_path):
@@ -87,9 +76,9 @@ def test_killed_run_with_the_disk_store_resumes_bitwise_at_every_instant(colour_
     assert (whole_dir / "metrics.jsonl").read_bytes() == (killed_dir / "metrics.jsonl").read_bytes()
     a, b = _checkpoint(whole_dir), _checkpoint(killed_dir)
     for section in ("global_shared", "uploads", "algorithm_server", "client_state"):
-        _same(a[section], b[section], section)
+        assert_bitwise_equal(a[section], b[section], section)
     assert a["history"] == b["history"] and a["communication"] == b["communication"]
-    _same(load_client_states(whole_dir, a["client_state"]), load_client_states(killed_dir, b["client_state"]))
+    assert_bitwise_equal(load_client_states(whole_dir, a["client_state"]), load_client_states(killed_dir, b["client_state"]))
     # nothing but the final checkpoint's files is left: the crashed runs' newer files and the
     # versions the commits superseded are gone
     assert _store_files(killed_dir) == _store_files(whole_dir) == \

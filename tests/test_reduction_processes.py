@@ -5,9 +5,6 @@ private tensor of a client another rank owns (tests/recorded_launch.py records e
 collectives hand back)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import pytest
 import torch
 
 from fedvlm.simulation import owner
+from conftest import assert_bitwise_equal, launch_recorded
 
 BASE = {
     "seed": 3,
@@ -49,13 +47,7 @@ def _launch(data_root, folder: Path, devices: int) -> Path:
              "data": {"dataset": "synthetic_scenes", "root": str(data_root)},
              "logging": {**BASE["logging"], "results_dir": str(folder / "results")}}
             for name, sections in RUNS.items()]
-    (folder / "runs.json").write_text(json.dumps(runs))
-    script = Path(__file__).with_name("recorded_launch.py")
-    done = subprocess.run([sys.executable, str(script), str(folder / "runs.json"), str(devices),
-                           str(folder / "received")], capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+    return launch_recorded(runs, folder, devices)
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +60,6 @@ def _run(folder: Path, name: str):
     return run_dir, torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
 
 
-def _same(a, b, where):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key}]")
-    else:
-        assert torch.equal(a, b), where  # bitwise
-
 
 SECTIONS = ("global_shared", "personal", "optimizer", "uploads", "algorithm_server", "algorithm_clients")
 
@@ -84,7 +68,7 @@ def _assert_identical(one: Path, other: Path):
     for name in RUNS:
         (dir_a, a), (dir_b, b) = _run(one, name), _run(other, name)
         for section in SECTIONS:
-            _same(a[section], b[section], f"{name} {section}")
+            assert_bitwise_equal(a[section], b[section], f"{name} {section}")
         assert a["history"] == b["history"], name
         assert (dir_a / "metrics.jsonl").read_bytes() == (dir_b / "metrics.jsonl").read_bytes(), name
 

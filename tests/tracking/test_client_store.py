@@ -16,6 +16,7 @@ from fedvlm.config import load_config
 from fedvlm.simulation import run, sample_clients
 from fedvlm.tracking import client_store
 from fedvlm.tracking.client_store import DiskClientStore, load_client_states
+from conftest import assert_bitwise_equal
 
 BASE = {
     "name": "store", "seed": 5,
@@ -49,18 +50,6 @@ def _checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
 
 
-def _same(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key}]")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{index}]")
-    else:
-        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, where  # bitwise
-
 
 def _client_sections(run_dir: Path) -> tuple[dict, dict, dict]:
     """Every client's (personal, optimizer, algorithm_clients), from the checkpoint or its files."""
@@ -78,7 +67,7 @@ def test_disk_store_ends_bitwise_where_memory_ends(colour_data_root, tmp_path, s
     memory_dir, disk_dir = Path(memory["run_dir"]), Path(disk["run_dir"])
     a, b = _checkpoint(memory_dir), _checkpoint(disk_dir)
     for section in ("global_shared", "uploads", "algorithm_server"):
-        _same(a[section], b[section], section)
+        assert_bitwise_equal(a[section], b[section], section)
     assert a["history"] == b["history"]
     assert (memory_dir / "metrics.jsonl").read_bytes() == (disk_dir / "metrics.jsonl").read_bytes()
     # the disk checkpoint holds no client tensor, only the round of each client's file
@@ -87,7 +76,7 @@ def test_disk_store_ends_bitwise_where_memory_ends(colour_data_root, tmp_path, s
     assert sorted(b["client_state"]) == trained == sorted(a["personal"])
     for kept_memory, kept_disk, name in zip(_client_sections(memory_dir), _client_sections(disk_dir),
                                             ("personal", "optimizer", "algorithm_clients")):
-        _same(kept_memory, kept_disk, name)
+        assert_bitwise_equal(kept_memory, kept_disk, name)
     assert any(_client_sections(disk_dir)[1 if setting == "fedotp_keep_state" else 2].values())
     # exactly the files the checkpoint names are left (superseded versions were removed)
     files = sorted(p.name for p in (disk_dir / "client_state").iterdir())
@@ -186,4 +175,4 @@ def test_a_run_resumes_in_the_other_mode_bitwise(colour_data_root, tmp_path):
         assert bool(checkpoint["client_state"]) == (resumed == "disk") and bool(checkpoint["personal"]) == (
             resumed == "memory")
         assert (folder / "metrics.jsonl").read_bytes() == (Path(whole["run_dir"]) / "metrics.jsonl").read_bytes()
-        _same(_client_sections(folder), expected, f"{saved} -> {resumed}")
+        assert_bitwise_equal(_client_sections(folder), expected, f"{saved} -> {resumed}")
