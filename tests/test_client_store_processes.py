@@ -15,7 +15,7 @@ import yaml
 
 from fedvlm.simulation import owner
 from fedvlm.tracking.client_store import load_client_states
-from conftest import assert_bitwise_equal, launch_recorded
+from bitwise import assert_bitwise_equal, launch_recorded
 
 BASE = {
     "seed": 3,

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from fedvlm.tracking.client_store import file_name, load_client_states
-from conftest import assert_bitwise_equal
+from bitwise import assert_bitwise_equal
 
 RAW = {
     "name": "resume_store", "seed": 7,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedvlm.simulation import owner
-from conftest import assert_bitwise_equal, launch_recorded
+from bitwise import assert_bitwise_equal, launch_recorded
 
 BASE = {
     "seed": 3,

@@ -16,7 +16,7 @@ from fedvlm.config import load_config
 from fedvlm.simulation import run, sample_clients
 from fedvlm.tracking import client_store
 from fedvlm.tracking.client_store import DiskClientStore, load_client_states
-from conftest import assert_bitwise_equal
+from bitwise import assert_bitwise_equal
 
 BASE = {
     "name": "store", "seed": 5,
