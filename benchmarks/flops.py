@@ -25,7 +25,7 @@ only matrix products are counted, not norms, softmax, GELU or copies):
 
 ``tests/test_flops.py`` checks the count against ``torch.utils.flop_counter.FlopCounterMode``
 run on the same step (attention through the math backend, whose products the counter sees): equal to the
-FLOP on the tiny model (1, 3 and 5 slots, 4 and 16 context tokens) and, checked once by hand,
+count on the tiny model (1, 3 and 5 slots, 4 and 16 context tokens) and, checked once by hand,
 on ViT-B-16 (2 slots: 5,308,497,920 forward, 5,274,132,480 backward, both exactly).
 """
 
