@@ -18,6 +18,7 @@ is a ratio (issue 7):
 * published style: one local epoch the way published prompt-learning code runs it vs fedvlm;
 * algorithms: the round loop under each registered algorithm relative to FedAvg;
 * head module: the HeadModule's hook-driven local loop vs the plain loop it replaced;
+* flops: achieved FLOP/s of a batched local step over the machine's peak matrix-product FLOP/s;
 * scale: bytes between ranks per round (reduction vs the old all-gather) and round time and peak
   memory at 100 / 1,000 / 10,000 clients with a fixed number taking part.
 """
@@ -41,6 +42,7 @@ import torch
 
 import fedvlm  # noqa: F401  (torchvision compat before open_clip)
 from benchmarks.common import classnames, coop_round, one_client_step, synchronize
+from benchmarks.flops import flops
 from fedvlm.backbone.clip import FrozenCLIP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -585,7 +587,7 @@ def _client_state_at_scale(folder: Path, quick: bool, device: str) -> list[dict]
 BENCHMARKS = {"client_batching": client_batching, "feature_cache": feature_cache, "batched_sinkhorn": batched_sinkhorn,
               "processes": processes, "memory": memory, "shared_prefix": shared_prefix,
               "published_style": published_style, "algorithms": algorithms, "head_module": head_module,
-              "scale": scale}
+              "scale": scale, "flops": flops}
 
 
 # --------------------------------------------------------------------------------- report
@@ -611,6 +613,12 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _sections(report: str) -> dict[str, str]:
+    """The ``## name`` sections of a written report, by name, in their order."""
+    parts = report.split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): "## " + part.rstrip() + "\n" for part in parts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run of every benchmark)")
@@ -633,9 +641,20 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {_machine()}. Load average (1, 5, 15 min) before: "
             f"{', '.join(f'{x:.1f}' for x in load_before)}; after: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
             "(a load above the core count means other jobs shared the machine).\n"]
-    text += [f"## {name}\n\n{inspect.cleandoc(BENCHMARKS[name].__doc__ or '')}\n\n{_table(rows)}\n" for name, rows in results.items()]
-    Path(args.out).write_text("\n".join(text))
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(results, indent=2))
+    sections = {name: f"## {name}\n\n{inspect.cleandoc(BENCHMARKS[name].__doc__ or '')}\n\n{_table(rows)}\n"
+                for name, rows in results.items()}
+    out, raw = Path(args.out), Path(args.out).with_suffix(".json")
+    if args.only and out.exists() and raw.exists():
+        # --only replaces its own sections of an existing report and keeps the others (with their
+        # own header lines, which say when and on what load those were measured)
+        previous = out.read_text()
+        sections = {**_sections(previous), **sections}
+        results = {**json.loads(raw.read_text()), **results}
+        text = [previous.split("\n## ")[0].rstrip() + "\n",
+                f"Re-measured {time.strftime('%Y-%m-%d')} with `{command}`: {', '.join(args.only)}. " + text[1]]
+    text += list(sections.values())
+    out.write_text("\n".join(text))
+    raw.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
 
